@@ -1,0 +1,37 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV := .venv
+DVC_VENV := .venv-dvc
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint
+
+$(BIN)/.wmtp-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: pip takes the local CPU wheel on these machines instead of a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# DVC lives in its own environment (its antlr4 pin breaks Dagster's selection parser); a link puts it on
+# the project environment's PATH.
+$(DVC_VENV)/.dvc-installed:
+	$(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/pip install -q --upgrade pip
+	$(DVC_VENV)/bin/pip install -q 'dvc[s3]>=3.50'
+	touch $@
+
+$(BIN)/dvc: $(DVC_VENV)/.dvc-installed $(BIN)/.wmtp-installed
+	ln -sf $(abspath $(DVC_VENV))/bin/dvc $(BIN)/dvc
+
+setup: $(BIN)/.wmtp-installed $(BIN)/dvc
+
+demo: setup
+	$(BIN)/wmtp demo
+
+test: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: setup
+	$(BIN)/ruff check .

@@ -1,0 +1,3 @@
+from wmtp_core.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""`wmtp` commands of wmtp_core.eval."""
+
+from __future__ import annotations
+
+commands: list = []
