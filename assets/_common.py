@@ -1,0 +1,43 @@
+"""Metadata every asset returns: where it lives, SHA256 of its files, counts, the params that made it, a preview."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from wmtp_core.storage import MANIFEST, sha256_file
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], *, max_cell: int = 60) -> str:
+    if not rows:
+        return "_(no rows)_"
+    columns = list(rows[0])
+
+    def cell(v: Any) -> str:
+        text = str(v).replace("\n", " ").replace("|", "\\|")
+        return text if len(text) <= max_cell else text[: max_cell - 1] + "…"
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def asset_metadata(directory: Path, manifest: Mapping[str, Any], *, preview: str) -> dict[str, Any]:
+    """Standard metadata: path, manifest SHA256 (one digest naming the whole version), per-file SHA256, counts,
+    params and a Markdown preview. Counts also appear as top-level numbers so the UI can plot them."""
+    files = manifest["files"]
+    meta: dict[str, Any] = {
+        "path": dg.MetadataValue.path(str(directory)),
+        "manifest_sha256": sha256_file(Path(directory) / MANIFEST),
+        "files": dg.MetadataValue.json({k: v["sha256"] for k, v in files.items()}),
+        "bytes": sum(v["bytes"] for v in files.values()),
+        "config": dg.MetadataValue.json(dict(manifest.get("params", {}))),
+        "preview": dg.MetadataValue.md(preview),
+    }
+    for key, value in manifest.get("counts", {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            meta[f"count/{key}"] = value
+    return meta

@@ -1,0 +1,209 @@
+"""Sources: the CodeContests rows as published, and the tokenizer every model and data asset agrees on."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from assets._common import asset_metadata, markdown_table
+from dagster_defs.resources import ParamsResource, StorageResource
+from wmtp_core.data import demo
+from wmtp_core.data.codecontests import check_schema, find_split_files, read_batches
+from wmtp_core.data.codecontests_schema import DIFFICULTIES, SCHEMA
+from wmtp_core.data.judge import check_labels
+from wmtp_core.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+from wmtp_core.storage import publish, verify
+
+GROUP = "sources"
+
+
+def _raw_tables(directory: Path) -> dict[str, pa.Table]:
+    verify(directory)
+    return {
+        split: pa.concat_tables([pq.read_table(p) for p in paths])
+        for split, paths in find_split_files(directory).items()
+        if paths
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    metadata={"dvc/deps": ["wmtp_core/data/demo"]},
+    description="CodeContests rows in the hub's Parquet schema: the shipped demo set, or the published files.",
+)
+def codecontests_raw(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
+    p = params.load().codecontests_raw
+    out = storage.asset_dir(GROUP, "codecontests_raw")
+    if p.path is None:
+        tables = demo.demo_tables()
+        missing = [s for s in p.splits if s not in tables]
+        if missing:
+            raise ValueError(f"codecontests_raw.splits: the demo set has no split {missing}")
+
+        def write(tmp: Path) -> dict:
+            for split in p.splits:
+                pq.write_table(tables[split], tmp / demo.hub_file_name(split))
+            return {f"rows_{s}": tables[s].num_rows for s in p.splits}
+    else:
+        found = find_split_files(p.path)
+        missing = [s for s in p.splits if not found[s]]
+        if missing:
+            raise FileNotFoundError(
+                f"codecontests_raw.path {p.path}: no Parquet files for split(s) {missing}"
+            )
+        for split in p.splits:
+            for f in found[split]:
+                check_schema(f, pq.read_schema(f))
+
+        def write(tmp: Path) -> dict:
+            counts = {}
+            for split in p.splits:
+                for f in found[split]:
+                    shutil.copyfile(f, tmp / f.name)
+                counts[f"rows_{split}"] = sum(pq.ParquetFile(f).metadata.num_rows for f in found[split])
+            return counts
+
+    manifest = publish(out, write, params=p.model_dump(mode="json"))
+    tables = _raw_tables(out)
+    counts = manifest["counts"]
+    counts_total = {
+        "problems": sum(t.num_rows for t in tables.values()),
+        "correct_solutions": sum(
+            len(s["solution"]) for t in tables.values() for s in t["solutions"].to_pylist()
+        ),
+        "incorrect_solutions": sum(
+            len(s["solution"]) for t in tables.values() for s in t["incorrect_solutions"].to_pylist()
+        ),
+    }
+    first = next(iter(tables.values()))
+    preview = markdown_table(
+        [
+            {
+                "name": r["name"],
+                "difficulty": DIFFICULTIES.get(r["difficulty"], r["difficulty"]),
+                "public tests": len(r["public_tests"]["input"]),
+                "private tests": len(r["private_tests"]["input"]),
+                "correct": len(r["solutions"]["solution"]),
+                "incorrect": len(r["incorrect_solutions"]["solution"]),
+                "description": r["description"],
+            }
+            for r in first.slice(0, 8).to_pylist()
+        ]
+    )
+    meta = asset_metadata(out, {**manifest, "counts": {**counts, **counts_total}}, preview=preview)
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset_check(
+    asset=codecontests_raw, description="Every Python solution, run on its tests, agrees with its label."
+)
+def codecontests_labels_agree(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
+    p = params.load().codecontests_raw
+    tables = _raw_tables(storage.asset_dir(GROUP, "codecontests_raw"))
+    table = pa.concat_tables(tables.values())
+    disagreements = check_labels(table, timeout_s=p.check_timeout, progress=False)
+    return dg.AssetCheckResult(
+        passed=not disagreements,
+        metadata={
+            "problems": table.num_rows,
+            "disagreements": len(disagreements),
+            "details": dg.MetadataValue.md("\n".join(f"- {d}" for d in disagreements[:50]) or "_none_"),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=codecontests_raw, description="The stored files have the published CodeContests schema."
+)
+def codecontests_schema_matches(storage: StorageResource) -> dg.AssetCheckResult:
+    directory = storage.asset_dir(GROUP, "codecontests_raw")
+    verify(directory)
+    bad = {}
+    for paths in find_split_files(directory).values():
+        for path in paths:
+            schema = pq.read_schema(path)
+            missing = [n for n in SCHEMA.names if schema.get_field_index(n) < 0]
+            if missing:
+                bad[path.name] = f"missing {missing}"
+    return dg.AssetCheckResult(passed=not bad, metadata={"problems": dg.MetadataValue.json(bad)})
+
+
+def _corpus(raw_dir: Path) -> list[str]:
+    """Descriptions and every solution (correct and incorrect): the text the models will read and write."""
+    verify(raw_dir)
+    texts: list[str] = []
+    for paths in find_split_files(raw_dir).values():
+        for path in paths:
+            for batch in read_batches(path):
+                texts += [t for t in batch.column("description").to_pylist() if t]
+                for field in ("solutions", "incorrect_solutions"):
+                    texts += [s for sols in batch.column(field).to_pylist() for s in sols["solution"] if s]
+    return texts
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[codecontests_raw],
+    description="SentencePiece model: a given file checked by SHA256, or one trained on the raw rows' text.",
+)
+def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
+    p = params.load().tokenizer
+    out = storage.asset_dir(GROUP, "tokenizer")
+    if p.path is not None:
+        given = Tokenizer(p.path, expected_sha256=p.sha256)  # fails naming the file before storage is touched
+
+        def write(tmp: Path) -> dict:
+            shutil.copyfile(given.path, tmp / "tokenizer.model")
+            return {"vocab_size": given.vocab_size}
+    else:
+        texts = _corpus(storage.asset_dir(GROUP, "codecontests_raw"))
+
+        def write(tmp: Path) -> dict:
+            train_tokenizer(texts, tmp / "tokenizer.model", p.vocab_size)
+            return {"vocab_size": p.vocab_size, "training_texts": len(texts)}
+
+    manifest = publish(out, write, params=p.model_dump(mode="json"))
+    tok = Tokenizer(out / "tokenizer.model", expected_sha256=manifest["files"]["tokenizer.model"]["sha256"])
+    sample = "def solve(n):\n    return sum(range(n + 1))\n"
+    ids = tok.encode(sample)
+    preview = (
+        f"{'given' if p.path else 'trained'} tokenizer, {tok.vocab_size} pieces, SHA256 `{tok.sha256}`\n\n"
+        f"bos {tok.bos_id}, eos {tok.eos_id}; `{sample.strip()!r}` -> {len(ids)} tokens:\n\n"
+        + markdown_table([{"id": i, "piece": tok.sp.id_to_piece(i)} for i in ids[:24]])
+    )
+    meta = asset_metadata(out, manifest, preview=preview)
+    meta["sha256"] = tok.sha256
+    meta["vocab_size"] = tok.vocab_size
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset_check(asset=tokenizer, description="The stored tokenizer is what params.yaml asks for.")
+def tokenizer_matches_params(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
+    p = params.load().tokenizer
+    directory = storage.asset_dir(GROUP, "tokenizer")
+    manifest = verify(directory)
+    try:
+        tok = Tokenizer(directory / "tokenizer.model")
+    except TokenizerError as e:
+        return dg.AssetCheckResult(passed=False, metadata={"error": str(e)})
+    problems = []
+    if manifest["params"] != p.model_dump(mode="json"):
+        problems.append(
+            f"manifest params {manifest['params']} != params.yaml tokenizer {p.model_dump(mode='json')}"
+        )
+    if p.sha256 is not None and tok.sha256 != p.sha256:
+        problems.append(f"SHA256 {tok.sha256} != tokenizer.sha256 {p.sha256}")
+    if p.path is None and tok.vocab_size != p.vocab_size:
+        problems.append(f"vocab_size {tok.vocab_size} != tokenizer.vocab_size {p.vocab_size}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "vocab_size": tok.vocab_size,
+            "sha256": tok.sha256,
+            "problems": "; ".join(problems) or "none",
+        },
+    )

@@ -1,0 +1,204 @@
+"""Choose training rows via the index and materialize them, against the JSONL approach, in the same run.
+
+A synthetic CodeContests-shaped table (one row per solution, descriptions repeated for every solution of their
+problem, text lengths drawn around CodeContests' medians) is written twice: as `codecontests_processed` Parquet +
+`codecontests_index`, and as JSONL + a JSON metadata file. Each approach then runs in its own subprocess (so its
+peak RSS is its own): choose `--select` rows, half correct and half incorrect, and materialize them in memory.
+
+    python benchmarks/select_rows.py --rows 500000          # the issue's size: 50,000 of 500,000 rows
+    python benchmarks/select_rows.py                         # default: 20,000 of 200,000 rows, about a minute
+
+Last line: JSON with rows, selected, speedup_vs_jsonl, peak_mem_ratio_vs_jsonl and the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Median characters per field, roughly CodeContests' (Codeforces statements are long; Python solutions short).
+DESCRIPTION_CHARS, EXAMPLES_CHARS, SOLUTION_CHARS = 1800, 160, 700
+ROW_GROUP_SIZE = 4096  # as `codecontests_processed.row_group_size` defaults
+WORDS = ("for in range if else return print input int split map def while len sum append list str and or not "
+         "import sys n m k a b x y i j dp ans res = + - * // % ( ) [ ] : , 0 1 2 10 100").split()  # fmt: skip
+
+
+def _text_pool(rng, n_chars: int) -> str:
+    words = rng.choice(WORDS, size=n_chars // 3)
+    seps = rng.choice([" ", " ", " ", "\n", "\n    "], size=len(words))
+    return "".join(w + s for w, s in zip(words.tolist(), seps.tolist(), strict=True))
+
+
+def generate(workdir: Path, n_rows: int, seed: int, compression: str) -> None:
+    import numpy as np
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    from wmtp_core.data.index import build_index
+    from wmtp_core.data.prepare import PROCESSED_SCHEMA, open_processed_writer
+
+    rng = np.random.default_rng(seed)
+    pool = _text_pool(rng, 64 << 20)
+    writer = open_processed_writer(workdir / "train.parquet", compression)
+    pending: list[pa.Table] = []
+    meta = []
+    row = 0
+    problem = 0
+    bar = tqdm(total=n_rows, desc="synthetic rows", unit="row")
+    with open(workdir / "train.jsonl", "w") as jsonl:
+        while row < n_rows:
+            n = int(min(n_rows - row, rng.integers(20, 400)))
+            desc_len = int(rng.lognormal(np.log(DESCRIPTION_CHARS), 0.5))
+            start = int(rng.integers(0, len(pool) - desc_len))
+            description = pool[start : start + desc_len]
+            examples = pool[start : start + int(rng.lognormal(np.log(EXAMPLES_CHARS), 0.5))]
+            lengths = rng.lognormal(np.log(SOLUTION_CHARS), 0.7, n).astype(int).clip(20, 20_000)
+            starts = rng.integers(0, len(pool) - 20_000, n)
+            correct = rng.random(n) < 0.4
+            difficulty = int(rng.choice([1, 2, 7, 8, 9, 10, 11, 12]))
+            cols = {
+                "row_id": list(range(row, row + n)),
+                "task_id": [f"{problem}_{'correct' if c else 'incorrect'}_{i}" for i, c in enumerate(correct)],
+                "problem_id": [f"{problem}_A. Problem {problem}"] * n,
+                "is_correct": correct.tolist(),
+                "instruction": [description] * n,
+                "input": [examples] * n,
+                "output": [pool[s : s + ln] for s, ln in zip(starts.tolist(), lengths.tolist(), strict=True)],
+                "language": [3] * n,
+                "difficulty": [difficulty] * n,
+                "source": [2] * n,
+                "cf_rating": [800 + 100 * (difficulty % 10)] * n,
+                "n_tokens": (lengths // 3 + desc_len // 4 + 30).clip(0, 2048).tolist(),
+            }
+            pending.append(pa.table(cols, schema=PROCESSED_SCHEMA))
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_SIZE or row + n >= n_rows:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_SIZE)
+                pending = []
+            for i in range(n):
+                record = {k: v[i] for k, v in cols.items()}
+                jsonl.write(json.dumps(record) + "\n")
+                meta.append({k: record[k] for k in ("row_id", "problem_id", "is_correct", "difficulty", "n_tokens")})
+            row += n
+            problem += 1
+            bar.update(n)
+    bar.close()
+    writer.close()
+    (workdir / "metadata.json").write_text(json.dumps(meta))
+    build_index(workdir, workdir / "index.parquet", splits=("train",))
+
+
+def run_parquet(workdir: Path, n_select: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    from wmtp_core.data.index import read_index
+    from wmtp_core.data.params import Stage1Sampling
+    from wmtp_core.data.sampling import read_rows, sample_stage1
+
+    index = read_index(workdir / "index.parquet", split="train")
+    cfg = Stage1Sampling(n_samples=n_select, correct_ratio=0.5, difficulty_range=(0, 28), match_length=False, seed=seed)
+    ids = sample_stage1(index, cfg)
+    rows = read_rows([workdir / "train.parquet"], ids)
+    assert rows["row_id"].to_pylist() == ids.tolist()
+    chars = sum(len(s) for s in rows["output"].to_pylist())
+    return {"seconds": time.perf_counter() - t0, "rows": rows.num_rows, "output_chars": chars}
+
+
+def run_jsonl(workdir: Path, n_select: int, seed: int) -> dict:
+    import random
+
+    t0 = time.perf_counter()
+    meta = json.loads((workdir / "metadata.json").read_text())
+    correct = [m["row_id"] for m in meta if m["is_correct"]]
+    incorrect = [m["row_id"] for m in meta if not m["is_correct"]]
+    rng = random.Random(seed)
+    ids = rng.sample(correct, n_select // 2) + rng.sample(incorrect, n_select - n_select // 2)
+    rng.shuffle(ids)
+    wanted = set(ids)
+    by_id = {}
+    with open(workdir / "train.jsonl", "rb") as f:
+        for line_no, line in enumerate(f):
+            if line_no in wanted:
+                by_id[line_no] = json.loads(line)
+    rows = [by_id[i] for i in ids]
+    assert [r["row_id"] for r in rows] == ids
+    chars = sum(len(r["output"]) for r in rows)
+    return {"seconds": time.perf_counter() - t0, "rows": len(rows), "output_chars": chars}
+
+
+def peak_rss_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across fork + exec.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line (Linux only)")
+
+
+def child(approach: str, workdir: Path, n_select: int, seed: int) -> None:
+    result = (run_parquet if approach == "parquet" else run_jsonl)(workdir, n_select, seed)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+def measure(approach: str, workdir: Path, n_select: int, seed: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", approach, "--workdir", str(workdir), "--select", str(n_select),
+           "--seed", str(seed)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000, help="rows of the synthetic table (issue: 500000)")
+    parser.add_argument("--select", type=int, default=None, help="rows chosen and materialized (default rows/10)")
+    parser.add_argument("--compression", default="lz4", help="Parquet codec, as codecontests_processed.compression")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per approach; the fastest counts")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the generated files here (reused if present)")
+    parser.add_argument("--child", choices=["parquet", "jsonl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.select is None:
+        args.select = args.rows // 10
+    if args.child:
+        child(args.child, args.workdir, args.select, args.seed)
+        return
+    if args.select > args.rows // 2:
+        parser.error(f"--select {args.select} needs --rows of at least {2 * args.select} (half correct, half not)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="select_rows_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        stamp = workdir / f"generated-{args.rows}-{args.seed}-{args.compression}"
+        if not stamp.exists():
+            for old in workdir.glob("generated-*"):
+                old.unlink()
+            generate(workdir, args.rows, args.seed, args.compression)
+            stamp.touch()
+        sizes = {p.name: p.stat().st_size for p in workdir.iterdir() if p.suffix in (".parquet", ".json", ".jsonl")}
+        print("files (MB):", {k: round(v / 2**20, 1) for k, v in sorted(sizes.items())}, file=sys.stderr)
+        results = {}
+        for approach in ("jsonl", "parquet"):
+            runs = [measure(approach, workdir, args.select, args.seed) for _ in range(args.repeats)]
+            results[approach] = min(runs, key=lambda r: r["seconds"])
+            print(approach, results[approach], file=sys.stderr)
+        pq_, js = results["parquet"], results["jsonl"]
+        assert pq_["rows"] == js["rows"] == args.select
+        print(json.dumps({
+            "rows": args.rows,
+            "selected": args.select,
+            "speedup_vs_jsonl": round(js["seconds"] / pq_["seconds"], 2),
+            "peak_mem_ratio_vs_jsonl": round(pq_["peak_rss_mb"] / js["peak_rss_mb"], 3),
+            "parquet": pq_,
+            "jsonl": js,
+            "bytes": sizes,
+        }))  # fmt: skip
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

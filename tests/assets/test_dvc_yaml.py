@@ -1,0 +1,54 @@
+"""dvc.yaml is generated from the Dagster asset graph: the committed file is current and DVC sees the same edges."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from dagster_defs.definitions import defs
+from dagster_defs.dvcgen import edges, render, stages
+from wmtp_core.config import load_params
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def test_committed_dvc_yaml_is_the_generated_one(repo_root):
+    assert (repo_root / "dvc.yaml").read_text() == render(defs), "dvc.yaml is stale: run `wmtp dvc-yaml`"
+
+
+def test_every_stage_materializes_one_asset_and_names_existing_files(repo_root):
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    load_params(repo_root / "params.yaml")
+    for name, stage in stages(defs).items():
+        assert stage["cmd"] == f"wmtp materialize {name}"
+        (out,) = stage["outs"]
+        assert out.startswith("storage/") and out.endswith(f"/{name}")
+        for dep in stage["deps"]:
+            assert dep.startswith("storage/") or (repo_root / dep).exists(), f"{name}: dep {dep} missing"
+        for section in stage.get("params", []):
+            assert section in params, f"{name}: params.yaml has no section {section!r} (DVC needs it written out)"
+
+
+def test_dvc_dag_has_the_dagster_edges(repo_root, tmp_path):
+    env = {**os.environ, "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"), "DVC_NO_ANALYTICS": "1"}
+    dot = subprocess.run([DVC, "dag", "--dot"], cwd=repo_root, env=env, capture_output=True, text=True, check=True)
+    dvc_edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dot.stdout))
+    assert dvc_edges == edges(defs)
+    assert edges(defs), "the graph has edges"
+
+
+def test_check_flag_fails_on_a_stale_file(repo_root):
+    wmtp = str(Path(sys.executable).with_name("wmtp"))
+    assert subprocess.run([wmtp, "dvc-yaml", "--check"], cwd=repo_root, capture_output=True).returncode == 0
+    text = (repo_root / "dvc.yaml").read_text()
+    try:
+        (repo_root / "dvc.yaml").write_text(text.replace("wmtp materialize tokenizer", "true"))
+        out = subprocess.run([wmtp, "dvc-yaml", "--check"], cwd=repo_root, capture_output=True, text=True)
+        assert out.returncode != 0 and "dvc.yaml is stale" in out.stderr
+    finally:
+        (repo_root / "dvc.yaml").write_text(text)

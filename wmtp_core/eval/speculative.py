@@ -1,0 +1,138 @@
+"""Self-speculative decoding with the multi-token heads (blockwise parallel decoding, Stern et al. 2018).
+
+At every position the next-token head gives the greedy token and heads 2..n propose the n-1 tokens after it
+(Gloeckle et al. 2024, section 3.2). One forward pass over the block [greedy token, proposals] verifies them:
+the next-token head's argmax at block position i is what greedy decoding would emit after block[:i+1], so the
+longest prefix of proposals agreeing with it is accepted, and the same pass yields the next greedy token and
+fresh proposals at the last accepted position. Rejected tokens are left in the KV cache and overwritten by the
+next pass, which starts right after the accepted ones (the cache is positional). The output equals greedy
+decoding token for token; only the number of forward passes changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from wmtp_core.eval.generate import Completion, Detokenizer, StopCriteria, check_fits
+
+
+@dataclass
+class SpeculativeStats:
+    """`accepted_per_head[j]`: verify passes in which head j+2's proposal was accepted (out of `proposed[j]`)."""
+
+    tokens: int = 0
+    forward_passes: int = 0
+    seconds: float = 0.0
+    accepted_per_head: list[int] = field(default_factory=list)
+    proposed_per_head: list[int] = field(default_factory=list)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / self.forward_passes if self.forward_passes else 0.0
+
+    def add(self, other: SpeculativeStats) -> None:
+        self.tokens += other.tokens
+        self.forward_passes += other.forward_passes
+        self.seconds += other.seconds
+        width = max(len(self.accepted_per_head), len(other.accepted_per_head))
+        for name in ("accepted_per_head", "proposed_per_head"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(
+                self,
+                name,
+                [
+                    (mine[j] if j < len(mine) else 0) + (theirs[j] if j < len(theirs) else 0)
+                    for j in range(width)
+                ],
+            )
+
+    def as_dict(self) -> dict:
+        rates = [
+            a / p if p else 0.0 for a, p in zip(self.accepted_per_head, self.proposed_per_head, strict=True)
+        ]
+        return {
+            "tokens": self.tokens,
+            "forward_passes": self.forward_passes,
+            "tokens_per_forward": self.tokens_per_forward,
+            "seconds": self.seconds,
+            "acceptance_rate_per_head": rates,
+        }
+
+
+def _all_heads_argmax(model, h_trunk: torch.Tensor, start_pos: int, cache, last_only: bool) -> torch.Tensor:
+    """Greedy token of every head at every position of h_trunk [1, T, dim] -> [T, n_future] (or [1, n_future]).
+
+    Every head runs over all T positions so each head's KV cache stays filled; only the needed positions are
+    unembedded.
+    """
+    argmax = []
+    for k in range(model.n_future):
+        h = model.head(h_trunk, k, start_pos=start_pos, cache=cache)
+        if last_only:
+            h = h[:, -1:]
+        argmax.append(model.unembed(h)[0].argmax(dim=-1))
+    return torch.stack(argmax, dim=-1)
+
+
+@torch.inference_mode()
+def speculative_generate(
+    model,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    tokenizer=None,
+    stop: Sequence[str] = (),
+) -> tuple[Completion, SpeculativeStats]:
+    """Greedy continuation of one prompt, decoded self-speculatively. Needs a model with n_future >= 2 to gain
+    anything; with one head it is plain greedy decoding (one token per pass)."""
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids: empty prompt (encode with bos=True)")
+    check_fits(model, len(prompt_ids), max_new_tokens)
+    n_heads = model.n_future
+    detok = Detokenizer(tokenizer, prompt_ids) if tokenizer is not None else None
+    criteria = StopCriteria(detok, eos_id, stop, max_new_tokens)
+    stats = SpeculativeStats(accepted_per_head=[0] * (n_heads - 1), proposed_per_head=[0] * (n_heads - 1))
+    device = next(model.parameters()).device
+
+    started = time.perf_counter()
+    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens, device=device)
+    guesses = _all_heads_argmax(model, model.trunk(prompt, 0, cache), 0, cache, last_only=True)[0].tolist()
+    stats.forward_passes += 1
+    pos = len(prompt_ids)
+    out: list[int] = []
+    reason: str | None = None
+    while True:
+        # guesses[0] is certain (it is what greedy decoding emits next); guesses[1:] are proposals.
+        out.append(guesses[0])
+        reason = criteria.finish_reason(out)
+        if reason is not None:
+            break
+        block_len = min(n_heads, max_new_tokens - len(out))
+        block = guesses[:block_len]
+        tokens = torch.tensor([block], dtype=torch.long, device=device)
+        verified = _all_heads_argmax(model, model.trunk(tokens, pos, cache), pos, cache, last_only=False)
+        stats.forward_passes += 1
+        # Proposal block[i+1] is accepted when the next-token head, having read block[:i+1], agrees with it.
+        agree = (verified[:-1, 0] == tokens[0, 1:]).long()
+        n_accepted = int(agree.cumprod(dim=0).sum().item()) if agree.numel() else 0
+        for j in range(block_len - 1):
+            stats.proposed_per_head[j] += 1
+            stats.accepted_per_head[j] += int(j < n_accepted)
+        for t in block[1 : 1 + n_accepted]:
+            out.append(t)
+            reason = criteria.finish_reason(out)
+            if reason is not None:
+                break
+        if reason is not None:
+            break
+        guesses = verified[n_accepted].tolist()
+        pos += 1 + n_accepted
+    stats.tokens = len(out)
+    stats.seconds = time.perf_counter() - started
+    return criteria.completion(out, reason), stats
