@@ -74,13 +74,16 @@ def materialize(assets: tuple[str, ...]) -> None:
 
 @click.command("dvc-yaml")
 @click.option("--check", is_flag=True, help="exit 1 if the committed dvc.yaml differs from the generated one")
-def dvc_yaml(check: bool) -> None:
+@click.option(
+    "--file", "path", type=click.Path(dir_okay=False, path_type=Path), help="default: the repo's dvc.yaml"
+)
+def dvc_yaml(check: bool, path: Path | None) -> None:
     """Write dvc.yaml (one stage per asset) generated from the Dagster asset graph."""
     from dagster_defs.definitions import defs
     from dagster_defs.dvcgen import REPO, render
 
     text = render(defs)
-    path = REPO / "dvc.yaml"
+    path = path or REPO / "dvc.yaml"
     if check:
         current = path.read_text() if path.is_file() else ""
         if current != text:
@@ -129,8 +132,13 @@ def ui(host: str, port: int) -> None:
 PIPELINE_COMMANDS = [materialize, dvc_yaml, demo, ui]
 
 
-def main() -> None:
+def build_cli() -> click.Group:
+    """The core group with every package's commands and the pipeline commands added (idempotent)."""
     _register()
     for command in PIPELINE_COMMANDS:
         cli.add_command(command)
-    cli()
+    return cli
+
+
+def main() -> None:
+    build_cli()()

@@ -75,13 +75,22 @@ def _without_nested(paths: set[str]) -> list[str]:
     return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
 
 
+def upstream_keys(graph, key: dg.AssetKey) -> set[dg.AssetKey]:
+    """An asset's parents plus the other assets its checks read (a check runs in the asset's stage)."""
+    found = set(graph.get(key).parent_keys)
+    for check_key in graph.asset_check_keys:
+        if check_key.asset_key == key:
+            found |= set(graph.get(check_key).parent_entity_keys) - {key}
+    return found
+
+
 def _toposorted(graph) -> list[dg.AssetKey]:
     keys = set(graph.get_all_asset_keys())
     done: list[dg.AssetKey] = []
     placed: set[dg.AssetKey] = set()
     while len(done) < len(keys):
         ready = sorted(
-            (k for k in keys - placed if graph.get(k).parent_keys & keys <= placed),
+            (k for k in keys - placed if upstream_keys(graph, k) & keys <= placed),
             key=lambda k: k.to_user_string(),
         )
         if not ready:
@@ -100,7 +109,7 @@ def stages(defs: dg.Definitions) -> dict[str, dict[str, Any]]:
         node = graph.get(key)
         name = key.to_user_string()
         group = node.group_name
-        upstream = [storage_dir(graph.get(k).group_name, k.to_user_string()) for k in node.parent_keys]
+        upstream = [storage_dir(graph.get(k).group_name, k.to_user_string()) for k in upstream_keys(graph, key)]
         extra = list(node.metadata.get("dvc/deps", []))
         stage: dict[str, Any] = {
             "cmd": f"wmtp materialize {name}",
@@ -120,11 +129,14 @@ def render(defs: dg.Definitions) -> str:
     return HEADER + yaml.safe_dump({"stages": stages(defs)}, sort_keys=False, width=120)
 
 
-def edges(defs: dg.Definitions) -> set[tuple[str, str]]:
-    """(upstream, downstream) asset names of the Dagster graph, to compare with `dvc dag`."""
+def edges(defs: dg.Definitions, *, with_checks: bool = True) -> set[tuple[str, str]]:
+    """(upstream, downstream) asset names of the Dagster graph, to compare with `dvc dag`.
+
+    With `with_checks`, an asset also depends on what its checks read, as its DVC stage does.
+    """
     graph = defs.resolve_asset_graph()
     return {
         (parent.to_user_string(), key.to_user_string())
         for key in graph.get_all_asset_keys()
-        for parent in graph.get(key).parent_keys
+        for parent in (upstream_keys(graph, key) if with_checks else graph.get(key).parent_keys)
     }

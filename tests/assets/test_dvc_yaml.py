@@ -31,24 +31,31 @@ def test_every_stage_materializes_one_asset_and_names_existing_files(repo_root):
         for dep in stage["deps"]:
             assert dep.startswith("storage/") or (repo_root / dep).exists(), f"{name}: dep {dep} missing"
         for section in stage.get("params", []):
-            assert section in params, f"{name}: params.yaml has no section {section!r} (DVC needs it written out)"
+            assert section in params, (
+                f"{name}: params.yaml has no section {section!r} (DVC needs it written out)"
+            )
 
 
 def test_dvc_dag_has_the_dagster_edges(repo_root, tmp_path):
     env = {**os.environ, "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"), "DVC_NO_ANALYTICS": "1"}
-    dot = subprocess.run([DVC, "dag", "--dot"], cwd=repo_root, env=env, capture_output=True, text=True, check=True)
+    dot = subprocess.run(
+        [DVC, "dag", "--dot"], cwd=repo_root, env=env, capture_output=True, text=True, check=True
+    )
     dvc_edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dot.stdout))
     assert dvc_edges == edges(defs)
     assert edges(defs), "the graph has edges"
 
 
-def test_check_flag_fails_on_a_stale_file(repo_root):
+def test_check_flag_fails_on_a_stale_file(repo_root, tmp_path):
     wmtp = str(Path(sys.executable).with_name("wmtp"))
-    assert subprocess.run([wmtp, "dvc-yaml", "--check"], cwd=repo_root, capture_output=True).returncode == 0
-    text = (repo_root / "dvc.yaml").read_text()
-    try:
-        (repo_root / "dvc.yaml").write_text(text.replace("wmtp materialize tokenizer", "true"))
-        out = subprocess.run([wmtp, "dvc-yaml", "--check"], cwd=repo_root, capture_output=True, text=True)
-        assert out.returncode != 0 and "dvc.yaml is stale" in out.stderr
-    finally:
-        (repo_root / "dvc.yaml").write_text(text)
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text(render(defs).replace("wmtp materialize tokenizer", "true"))
+    out = subprocess.run([wmtp, "dvc-yaml", "--check", "--file", str(stale)], capture_output=True, text=True)
+    assert out.returncode != 0 and "dvc.yaml is stale" in out.stderr
+    fresh = tmp_path / "fresh.yaml"
+    assert subprocess.run([wmtp, "dvc-yaml", "--file", str(fresh)], capture_output=True).returncode == 0
+    assert fresh.read_text() == render(defs)
+    assert (
+        subprocess.run([wmtp, "dvc-yaml", "--check", "--file", str(fresh)], capture_output=True).returncode
+        == 0
+    )

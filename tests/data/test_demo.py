@@ -51,9 +51,13 @@ def test_every_problem_is_complete(rows) -> None:
             assert f"\n{section}\n" in row["description"], f"{name}: no {section} section"
         assert 1 <= len(row["public_tests"]["input"]) <= 2, name
         assert 3 <= len(row["private_tests"]["input"]) <= 5, name
-        assert row["public_tests"]["input"][0].strip() in row["description"], f"{name}: example is not public test 0"
+        assert row["public_tests"]["input"][0].strip() in row["description"], (
+            f"{name}: example is not public test 0"
+        )
         python_correct = [lang for lang in row["solutions"]["language"] if lang in PYTHON_LANGUAGES]
-        python_incorrect = [lang for lang in row["incorrect_solutions"]["language"] if lang in PYTHON_LANGUAGES]
+        python_incorrect = [
+            lang for lang in row["incorrect_solutions"]["language"] if lang in PYTHON_LANGUAGES
+        ]
         assert len(python_correct) >= 2 and len(python_incorrect) >= 2, name
         assert row["source"] in SOURCES and row["source"] != 0, name
         assert row["difficulty"] in DIFFICULTIES and row["difficulty"] != 0, name
@@ -66,7 +70,9 @@ def test_the_set_mixes_difficulties_sources_and_languages(rows) -> None:
     difficulties = {DIFFICULTIES[r["difficulty"]] for r in rows}
     assert {"A", "B", "C"} <= difficulties and {"EASY", "MEDIUM", "HARD"} <= difficulties
     assert {SOURCES[r["source"]] for r in rows} >= {"CODEFORCES", "CODECHEF"}
-    languages = {lang for r in rows for f in ("solutions", "incorrect_solutions") for lang in r[f]["language"]}
+    languages = {
+        lang for r in rows for f in ("solutions", "incorrect_solutions") for lang in r[f]["language"]
+    }
     assert {1, 2, 3} <= languages, "the processing step's language filter needs non-Python rows to drop"
 
 
@@ -106,7 +112,10 @@ def _copy_with(tmp_path: Path, edit) -> Path:
     [
         (lambda t: t.replace("split: ", "split: training #", 1), r"split must be one of"),
         (lambda t: t + "rating: 5\n", r"unknown fields \['rating'\]"),
-        (lambda t: t.replace("cf_rating:", "cf_ratings:", 1), r"unknown fields \['cf_ratings'\], missing fields \['cf_rating'\]"),
+        (
+            lambda t: t.replace("cf_rating:", "cf_ratings:", 1),
+            r"unknown fields \['cf_ratings'\], missing fields \['cf_rating'\]",
+        ),
         (lambda t: t.replace("  - language: 3", "  - language: 9", 1), r"solutions language 9 is not in"),
         (lambda t: t.replace("  - input:", "  - stdin:", 1), r"public_tests\[0\] must have exactly the keys"),
         (lambda t: t.replace("source: ", "source: 77 #", 1), r"source 77 is not in"),

@@ -98,6 +98,17 @@ def test_timeout_kills_the_whole_process_group() -> None:
     assert [(o.test, o.status) for o in verdict.outcomes] == [("public_tests[0]", "timeout")]
 
 
+def test_background_children_die_when_the_program_exits() -> None:
+    source = "import subprocess\nprint(subprocess.Popen(['sleep', '60']).pid)\n"
+    result = SubprocessRunner()(source, "", 10)
+    assert result.status == "ok"
+    grandchild = int(result.stdout)
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild), f"background child {grandchild} outlived the program"
+
+
 def test_program_runs_in_a_fresh_directory_with_a_scrubbed_environment(tmp_path: Path) -> None:
     os.environ["WMTP_JUDGE_SECRET"] = "leak"
     try:
@@ -138,7 +149,9 @@ def test_check_labels_reports_each_contradicted_label() -> None:
     squares = "x = int(input())\nprint(x * x)\n"  # right on 2 and 0 only
     table = pa.Table.from_pylist(
         [
-            _row("double", [(3, DOUBLE), (3, squares)], [(3, "print(0)\n"), (1, "print(int(input()) * 2)\n")]),
+            _row(
+                "double", [(3, DOUBLE), (3, squares)], [(3, "print(0)\n"), (1, "print(int(input()) * 2)\n")]
+            ),
             _row("agreeing", [(3, DOUBLE), (2, "int main() { return 1; }")], [(3, "print(1)\n")]),
         ],
         schema=SCHEMA,
@@ -156,6 +169,13 @@ def test_problem_tests_rejects_mismatched_inputs_and_outputs() -> None:
     row["private_tests"] = {"input": ["1\n", "2\n"], "output": ["2\n"]}
     with pytest.raises(ValueError, match="'broken': private_tests has 2 inputs but 1 outputs"):
         problem_tests(row)
+
+
+def test_a_problem_without_tests_cannot_have_its_labels_checked() -> None:
+    row = _row("untested", [(3, DOUBLE)], [])
+    row["public_tests"] = row["private_tests"] = {"input": [], "output": []}
+    with pytest.raises(ValueError, match="'untested': Python solutions but no tests"):
+        check_labels([row], progress=False)
 
 
 def test_another_interpreter_plugs_in_as_runner() -> None:

@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 import pytest
+import torch
 from click.testing import CliRunner
 
 from wmtp_core.data.tokenizer import Tokenizer
@@ -14,6 +15,16 @@ from wmtp_core.eval.params import EvaluationParams
 from wmtp_core.eval.report import write_report
 from wmtp_core.model import make_micro, save
 from wmtp_core.storage import verify
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tests share 2 cores between xdist workers; two intra-op threads per worker then spin against each other
+    # and a tiny model trains several times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 PARAMS = EvaluationParams(
     n_samples=2,
@@ -123,3 +134,20 @@ def test_tokenizer_of_another_model_is_refused(tmp_path, model_dir):
     )
     with pytest.raises(ValueError, match="SHA256"):
         evaluate(model_dir, other, "humaneval", tmp_path / "out", PARAMS, progress=False)
+
+
+def test_long_prompt_is_cut_from_the_left_keeping_bos(llama2_tokenizer):
+    from wmtp_core.eval.evaluate import encode_prompt
+    from wmtp_core.model import ModelArgs, Transformer
+
+    tok = Tokenizer(llama2_tokenizer)
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=40))
+    text = "".join(f"assert f({i}) == {i * i}\n" for i in range(30))
+    full = tok.encode(text, bos=True)
+    ids, cut = encode_prompt(model, tok, text, max_new_tokens=16)
+    assert cut and len(ids) == 40 - 16
+    assert ids[0] == tok.bos_id and ids[1:] == full[-(40 - 16 - 1) :]
+    short, cut = encode_prompt(model, tok, "def f(x):\n", max_new_tokens=16)
+    assert not cut and short == tok.encode("def f(x):\n", bos=True)
+    with pytest.raises(ValueError, match="no room"):
+        encode_prompt(model, tok, "x", max_new_tokens=39)

@@ -21,11 +21,11 @@ PASSING_TEST = "\nassert answer() == 42\n"
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
+def sandbox():
     assert namespaces_available(), "these machines run tests as root with namespaces; the sandbox must use them"
-    box = Sandbox(limits=LIMITS)
-    assert box.isolation == "namespaces"
-    return box
+    with Sandbox(limits=LIMITS) as box:
+        assert box.isolation == "namespaces"
+        yield box
 
 
 def judge(sandbox: Sandbox, body: str, timeout_s: float = 5.0):
@@ -38,19 +38,23 @@ def test_runs_as_unprivileged_uid_with_scrubbed_env_and_stdin(sandbox: Sandbox) 
     try:
         result = sandbox.run(
             "import os, sys\nprint(os.getuid(), os.getgid(), os.getgroups())\nprint(sorted(os.environ))\n"
-            "print(os.getcwd())\nprint(sys.stdin.read().upper())",
+            "print(os.getcwd())\nprint(sys.stdin.read().strip().upper())\nprint(os.getpid(), os.getpgid(0))\n"
+            "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
             stdin="hello\n",
             timeout_s=5,
         )
     finally:
         del os.environ["WMTP_SECRET_FOR_TEST"]
     assert result.status == "ok", result.stderr_tail
-    ids, env, cwd, echoed = result.stdout.splitlines()[:4]
+    ids, env, cwd, echoed, pid_group, visible = result.stdout.splitlines()
     uid, gid, groups = ids.split(" ", 2)
     assert int(uid) >= 10_000_000 and int(gid) == int(uid) and groups == "[]"
     assert "WMTP_SECRET_FOR_TEST" not in env and "AWS" not in env
     assert cwd == "/tmp/program"
     assert echoed == "HELLO"
+    pid, group = pid_group.split()
+    assert pid == group  # its own process group
+    assert visible == "[1, 2]"  # its own PID namespace: its init and itself
     closed = sandbox.run("import sys\nprint(repr(sys.stdin.read()))", timeout_s=5)
     assert closed.stdout.strip() == "''"
 
@@ -102,6 +106,13 @@ def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
     verdict = judge(sandbox, "while True:\n    pass", timeout_s=1.5)
     assert verdict.status == "timeout"
     assert verdict.wall_s < 30
+
+
+def test_cpu_time_limit_counts_as_timeout() -> None:
+    with Sandbox(limits=Limits(cpu_s=1, address_space_mb=256)) as box:
+        result = box.run("while True:\n    pass", timeout_s=20)
+    assert result.status == "timeout" and result.signal == "SIGXCPU"
+    assert result.wall_s < 20
 
 
 def test_timeout_kills_every_process_even_outside_the_group(sandbox: Sandbox) -> None:
@@ -182,6 +193,20 @@ def test_fallback_without_namespaces_warns_and_still_limits() -> None:
     bomb = judge(box, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout_s=2)
     assert not bomb.passed
     assert judge(box, f"{PASSING_TEST}").status == "error"  # answer() undefined: NameError, not a pass
+
+
+def test_stdin_for_contest_style_programs() -> None:
+    from wmtp_core.eval.sandbox import run
+
+    result = run("n = int(input())\nprint(sum(map(int, input().split())) * n)", "2\n1 2 3\n", 5)
+    assert (result.status, result.stdout) == ("ok", "12\n")
+
+
+def test_server_restarts_after_close() -> None:
+    with Sandbox(limits=LIMITS) as box:
+        assert box.run("print(1)", timeout_s=5).stdout == "1\n"
+        box.close()
+        assert box.run("print(2)", timeout_s=5).stdout == "2\n"
 
 
 def test_missing_interpreter_is_reported() -> None:

@@ -15,9 +15,11 @@ import click
 @click.option("--max-tokens", default=2048, show_default=True, help="Drop rows longer than this (counted in stats).")
 @click.option("--max-public-tests", default=2, show_default=True, help="Public tests shown in the prompt.")
 @click.option("--row-group-size", default=4096, show_default=True, help="Parquet row group size.")
+@click.option("--compression", default="lz4", show_default=True,
+              type=click.Choice(["lz4", "zstd", "snappy", "none"]), help="Parquet codec of the split files.")  # fmt: skip
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def prepare_codecontests_command(source_dir: str, out_dir: str, tokenizer_file: str, max_tokens: int,
-                                 max_public_tests: int, row_group_size: int, no_progress: bool) -> None:  # fmt: skip
+                                 max_public_tests: int, row_group_size: int, compression: str, no_progress: bool) -> None:  # fmt: skip
     """Process published CodeContests Parquet files in SOURCE_DIR into OUT_DIR.
 
     SOURCE_DIR holds the hub's files ({train,valid,test}-NNNNN-of-NNNNN.parquet, directly or under data/).
@@ -31,7 +33,7 @@ def prepare_codecontests_command(source_dir: str, out_dir: str, tokenizer_file: 
     try:
         tokenizer = Tokenizer(tokenizer_file)
         stats = prepare_codecontests(source_dir, out_dir, tokenizer, max_tokens=max_tokens,
-                                     max_public_tests=max_public_tests, row_group_size=row_group_size,
+                                     max_public_tests=max_public_tests, row_group_size=row_group_size, compression=compression,
                                      progress=not no_progress)  # fmt: skip
     except (CodeContestsError, TokenizerError) as e:
         raise click.ClickException(str(e)) from e

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -40,18 +41,17 @@ def build_index(processed_dir: str | Path, out_file: str | Path, splits: Iterabl
     return index.num_rows
 
 
-def read_index(path: str | Path, split: str | None = None) -> pa.Table:
+def read_index(path: str | Path, split: str | None = None) -> pl.DataFrame:
+    """The index (optionally one split) as a polars frame; `sampling` takes it as is."""
     path = Path(path)
     if not path.is_file():
         raise IndexFileError(f"{path}: index file missing (materialize codecontests_index first)")
-    table = pq.read_table(path)
-    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in table.column_names]
+    table = pl.read_parquet(path)
+    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in table.columns]
     if missing:
         raise IndexFileError(f"{path}: index lacks columns {missing}")
     if split is not None:
-        import pyarrow.compute as pc
-
-        table = table.filter(pc.equal(table["split"].cast(pa.string()), split))
+        table = table.filter(pl.col("split").cast(pl.String) == split)
     return table
 
 

@@ -14,6 +14,7 @@ returns status "ok" / "error" / "timeout" and a `stderr_tail`, which the judge r
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -131,7 +132,13 @@ class SubprocessRunner:
             work = Path(tmp)
             (work / "solution.py").write_text(source, encoding="utf-8")
             (work / "stdin.txt").write_text(stdin, encoding="utf-8")
-            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0"}
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "HOME": tmp,
+                "TMPDIR": tmp,
+                "PYTHONHASHSEED": "0",
+            }
             with (
                 open(work / "stdin.txt", "rb") as fin,
                 open(work / "stdout.txt", "wb") as fout,
@@ -146,12 +153,11 @@ class SubprocessRunner:
                     env=env,
                     process_group=0,
                 )
-                try:
-                    returncode = proc.wait(timeout=timeout_s)
-                    status: RunStatus = "ok" if returncode == 0 else "runtime_error"
-                except subprocess.TimeoutExpired:
-                    _kill_group(proc)
-                    status = "timeout"
+                exited = _wait_then_kill_group(proc, timeout_s)
+            if not exited:
+                status: RunStatus = "timeout"
+            else:
+                status = "ok" if proc.returncode == 0 else "runtime_error"
             return RunResult(status, self._read(work / "stdout.txt"), self._read(work / "stderr.txt"))
 
     def _read(self, path: Path) -> str:
@@ -159,12 +165,26 @@ class SubprocessRunner:
             return f.read(self.max_output_bytes).decode("utf-8", errors="replace")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _wait_then_kill_group(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait until the program exits or times out, kill whatever is left of its process group, reap it.
+
+    A pidfd reports the exit without reaping the leader, so the group is killed while the pgid still belongs to
+    it (a reaped pid could be reused) and background children of a program that exited normally die too.
+    Returns whether the program exited within the timeout.
+    """
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        exited = bool(poller.poll(max(0, int(timeout_s * 1000))))
+    finally:
+        os.close(pidfd)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
+    return exited
 
 
 def judge_solution(
@@ -200,7 +220,9 @@ def problem_tests(row: Mapping) -> list[JudgeTest]:
             raise ValueError(
                 f"problem {row.get('name')!r}: {kind} has {len(inputs)} inputs but {len(outputs)} outputs"
             )
-        tests += [JudgeTest(f"{kind}[{i}]", x, y) for i, (x, y) in enumerate(zip(inputs, outputs, strict=True))]
+        tests += [
+            JudgeTest(f"{kind}[{i}]", x, y) for i, (x, y) in enumerate(zip(inputs, outputs, strict=True))
+        ]
     return tests
 
 
@@ -217,13 +239,17 @@ def _python_jobs(rows: Iterable[Mapping]) -> list[_Job]:
     jobs = []
     for row in rows:
         tests = problem_tests(row)
-        if not tests:
-            raise ValueError(f"problem {row['name']!r}: no tests, so its labels cannot be checked")
+        row_jobs = []
         for label, field in (("correct", "solutions"), ("incorrect", "incorrect_solutions")):
             sols = row[field] or {"language": [], "solution": []}
             for i, (lang, source) in enumerate(zip(sols["language"], sols["solution"], strict=True)):
                 if lang in PYTHON_LANGUAGES:
-                    jobs.append(_Job(row["name"], label, i, source, tests))
+                    row_jobs.append(_Job(row["name"], label, i, source, tests))
+        if row_jobs and not tests:
+            raise ValueError(
+                f"problem {row['name']!r}: Python solutions but no tests to check their labels on"
+            )
+        jobs += row_jobs
     return jobs
 
 
@@ -234,9 +260,13 @@ def _check(job: _Job, timeout_s: float, runner: Runner | None) -> LabelDisagreem
     )
     failure = verdict.first_failure
     if job.label == "correct" and failure is not None:
-        return LabelDisagreement(job.problem, "correct", job.index, failure.test, failure.status, failure.stderr_tail)
+        return LabelDisagreement(
+            job.problem, "correct", job.index, failure.test, failure.status, failure.stderr_tail
+        )
     if job.label == "incorrect" and failure is None:
-        return LabelDisagreement(job.problem, "incorrect", job.index, f"all {len(job.tests)} tests", "passed", "")
+        return LabelDisagreement(
+            job.problem, "incorrect", job.index, f"all {len(job.tests)} tests", "passed", ""
+        )
     return None
 
 
@@ -260,7 +290,9 @@ def check_labels(
     disagreements = []
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         results = pool.map(lambda job: _check(job, timeout_s, runner), jobs)
-        for found in tqdm(results, total=len(jobs), desc="check labels", unit="solution", disable=not progress):
+        for found in tqdm(
+            results, total=len(jobs), desc="check labels", unit="solution", disable=not progress
+        ):
             if found is not None:
                 disagreements.append(found)
     return sorted(disagreements, key=lambda d: (d.problem, d.label, d.index))

@@ -51,7 +51,7 @@ PROCESSED_SCHEMA = pa.schema(
 _DICTIONARY_COLUMNS = ["problem_id", "instruction", "input"]
 
 
-def open_processed_writer(path: Path, compression: str = "zstd") -> pq.ParquetWriter:
+def open_processed_writer(path: Path, compression: str = "lz4") -> pq.ParquetWriter:
     return pq.ParquetWriter(path, PROCESSED_SCHEMA, compression=compression, use_dictionary=_DICTIONARY_COLUMNS,
                             write_statistics=["row_id"])  # fmt: skip
 
@@ -167,7 +167,7 @@ def write_histogram(path: Path, lengths: np.ndarray, correct: np.ndarray, max_to
 
 
 def write_processed(source_dir: str | Path, out_dir: Path, tokenizer, *, max_tokens: int = 2048,
-                    max_public_tests: int = 2, row_group_size: int = 4096, compression: str = "zstd",
+                    max_public_tests: int = 2, row_group_size: int = 4096, compression: str = "lz4",
                     progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Write `{split}.parquet`, `schema.json`, `stats.json` and `n_tokens_hist.png` into `out_dir`; return stats."""
     files = cc.find_split_files(source_dir)

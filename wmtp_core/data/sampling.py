@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from wmtp_core.data.params import CurriculumPhase, Stage1Sampling, Stage2Sampling
 
@@ -23,17 +23,17 @@ class SamplingError(ValueError):
     """The index cannot satisfy the requested sample; the message names the parameter and what is available."""
 
 
-def _columns(index: pa.Table, split: str) -> dict[str, np.ndarray]:
-    if "split" in index.column_names:
-        index = index.filter(pc.equal(index["split"].cast(pa.string()), split))
-    problem = index["problem_id"].combine_chunks()
-    problem_codes = pc.dictionary_encode(problem).indices if not pa.types.is_dictionary(problem.type) else problem.indices
+def _columns(index: pa.Table | pl.DataFrame, split: str) -> dict[str, np.ndarray]:
+    df = index if isinstance(index, pl.DataFrame) else pl.from_arrow(index)
+    if "split" in df.columns:
+        df = df.filter(pl.col("split").cast(pl.String) == split)
     return {
-        "row_id": index["row_id"].to_numpy(),
-        "problem": np.asarray(problem_codes.to_numpy(zero_copy_only=False), dtype=np.int64),
-        "is_correct": index["is_correct"].to_numpy(zero_copy_only=False).astype(bool),
-        "difficulty": index["difficulty"].to_numpy(),
-        "n_tokens": index["n_tokens"].to_numpy(),
+        "row_id": df["row_id"].cast(pl.Int64).to_numpy(),
+        # Any integer code per problem will do: only equality between problems matters.
+        "problem": df["problem_id"].cast(pl.String).cast(pl.Categorical).to_physical().cast(pl.Int64).to_numpy(),
+        "is_correct": df["is_correct"].to_numpy().astype(bool),
+        "difficulty": df["difficulty"].cast(pl.Int64).to_numpy(),
+        "n_tokens": df["n_tokens"].cast(pl.Int64).to_numpy(),
     }
 
 
@@ -85,7 +85,7 @@ def _length_matched(correct: np.ndarray, incorrect: np.ndarray, n_correct: int, 
     return draw(correct, c_bin, c_avail, n_correct), draw(incorrect, i_bin, i_avail, n_incorrect)
 
 
-def sample_stage1(index: pa.Table, cfg: Stage1Sampling) -> np.ndarray:
+def sample_stage1(index: pa.Table | pl.DataFrame, cfg: Stage1Sampling) -> np.ndarray:
     """Row ids (of `cfg.split`) for critic pretraining, shuffled."""
     rng = np.random.default_rng(cfg.seed)
     cols = _columns(index, cfg.split)
@@ -118,7 +118,7 @@ def _phase_counts(n: int, phases: Sequence[CurriculumPhase]) -> list[int]:
     return np.diff(np.r_[0, ends]).tolist()
 
 
-def sample_stage2(index: pa.Table, cfg: Stage2Sampling) -> np.ndarray:
+def sample_stage2(index: pa.Table | pl.DataFrame, cfg: Stage2Sampling) -> np.ndarray:
     """Row ids in training order: phase by phase, each drawn from the difficulty bins by that phase's weights."""
     rng = np.random.default_rng(cfg.seed)
     cols = _columns(index, cfg.split)
@@ -153,6 +153,23 @@ def _row_counts(parquet_paths: Sequence[str | Path]) -> list[int]:
     return [pl.scan_parquet(p).select(pl.len()).collect().item() for p in parquet_paths]
 
 
+def _check_row_id_statistics(path: Path) -> None:
+    meta = pq.ParquetFile(path).metadata
+    column = meta.schema.to_arrow_schema().get_field_index("row_id")
+    start = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        stats = group.column(column).statistics
+        expected = (start, start + group.num_rows - 1)
+        if group.num_rows and (stats is None or not stats.has_min_max or (stats.min, stats.max) != expected):
+            got = (stats.min, stats.max) if stats is not None and stats.has_min_max else "no statistics"
+            raise SamplingError(
+                f"{path}: row group {g} has row_id range {got}, expected {expected}: its row_id column does not "
+                "hold the row positions (rewrite the file with row_id = position)"
+            )
+        start += group.num_rows
+
+
 def _read_file_rows(path: Path, local: np.ndarray, columns: list[str]) -> pa.Table:
     """Rows at sorted positions `local` of one file, via a filter on its `row_id` column when it has one.
 
@@ -165,23 +182,29 @@ def _read_file_rows(path: Path, local: np.ndarray, columns: list[str]) -> pa.Tab
     unknown = [c for c in columns if c not in names]
     if unknown:
         raise SamplingError(f"{path}: no column(s) {unknown}; columns are {names}")
+    # Filtering on the stored `row_id` lets polars skip decoding the other columns of unselected rows (a row
+    # index column would turn that off); the row-group statistics and the rows found show it is the position.
     if "row_id" in names:
-        scan = scan.rename({"row_id": "__position"}) if "row_id" not in columns else scan.with_columns(
-            pl.col("row_id").alias("__position"))  # fmt: skip
+        _check_row_id_statistics(path)
+        key = pl.col("row_id")
     else:
-        scan = scan.with_row_index("__position")
+        scan = scan.with_row_index("__row_id")
+        key = pl.col("__row_id").cast(pl.Int64)
     shared = [c for c in columns if c in _SHARED_COLUMNS and "problem_id" in names]
     per_row = [c for c in columns if c not in shared]
     wanted = pl.Series(local, dtype=pl.Int64).implode()
-    rows = scan.filter(pl.col("__position").cast(pl.Int64).is_in(wanted)).select(
-        ["__position", *{*per_row, *(["problem_id"] if shared else [])}]).collect()  # fmt: skip
-    found = rows["__position"].cast(pl.Int64).to_numpy()
+    extra = [c for c in ("problem_id",) if shared and c not in per_row]
+    rows = scan.filter(key.is_in(wanted)).select([key.alias("__position"), *per_row, *extra]).collect()
+    found = rows["__position"].to_numpy()
     if not np.array_equal(found, local):
-        raise SamplingError(f"{path}: its row_id column does not hold the row positions 0..n-1 (got {found[:5]}...)")
+        raise SamplingError(
+            f"{path}: asked for {len(local)} rows by row_id, found {len(found)} that do not match (row_id must be "
+            "the row position, unique and increasing)"
+        )
     table = rows.select(per_row).to_arrow()
     if shared:
         firsts = rows.unique("problem_id", keep="first", maintain_order=True)["__position"].cast(pl.Int64)
-        texts = scan.filter(pl.col("__position").cast(pl.Int64).is_in(firsts.implode())).select(
+        texts = scan.filter(key.is_in(firsts.implode())).select(
             ["problem_id", *shared]).collect()  # fmt: skip
         codes = rows["problem_id"].replace_strict(texts["problem_id"], pl.int_range(texts.height, eager=True),
                                                   return_dtype=pl.Int32).to_arrow()  # fmt: skip

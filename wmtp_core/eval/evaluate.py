@@ -22,7 +22,7 @@ import torch
 from pydantic import ValidationError
 
 from wmtp_core.config import format_validation_error
-from wmtp_core.eval.generate import SamplingParams, generate
+from wmtp_core.eval.generate import SamplingParams, generate_ids
 from wmtp_core.eval.judge import judge_completions
 from wmtp_core.eval.params import EvaluationParams
 from wmtp_core.eval.report import METRICS_FILE
@@ -38,6 +38,22 @@ SPECULATIVE_SCHEMA = {
     "speculative_seconds": pl.Float64,
     "identical": pl.Boolean,
 }
+
+
+def encode_prompt(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[int], bool]:
+    """BOS + prompt, cut from the left (BOS kept) if prompt and completion would not fit the model's context.
+
+    Returns (ids, truncated). Only a long few-shot prefix is ever lost this way; the caller counts truncations.
+    """
+    ids = tokenizer.encode(prompt, bos=True)
+    budget = model.args.max_seq_len - max_new_tokens
+    if budget < 2:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in max_seq_len {model.args.max_seq_len}"
+        )
+    if len(ids) <= budget:
+        return ids, False
+    return [ids[0], *ids[len(ids) - budget + 1 :]], True
 
 
 def measure_speculative(
@@ -56,10 +72,10 @@ def measure_speculative(
     )
     rows = []
     for task in tqdm(tasks, desc=f"speculative {task_set.name}", disable=not progress):
-        prompt = tokenizer.encode(task.prompt, bos=True)
+        prompt, _ = encode_prompt(model, tokenizer, task.prompt, max_new_tokens)
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop)
         started = time.perf_counter()
-        plain = generate(model, tokenizer, [task.prompt], params, progress=False)[0][0]
+        plain = generate_ids(model, tokenizer, [prompt], params, batch_size=1, progress=False)[0][0]
         greedy_seconds = time.perf_counter() - started
         spec, stats = speculative_generate(
             model,
@@ -131,11 +147,14 @@ def evaluate_model(
         stop=stops.pop(),
     )
     started = time.perf_counter()
-    prompts = [t.prompt for t in task_set]
-    completions = generate(
+    encoded = [encode_prompt(model, tokenizer, t.prompt, params.max_new_tokens) for t in task_set]
+    truncated = sum(cut for _, cut in encoded)
+    if truncated:
+        print(f"{model_name} on {task_set.name}: {truncated} prompts cut from the left to fit max_seq_len")
+    completions = generate_ids(
         model,
         tokenizer,
-        prompts,
+        [ids for ids, _ in encoded],
         sampling,
         n=params.n_samples,
         batch_size=params.batch_size,
@@ -193,6 +212,7 @@ def evaluate_model(
         "pass_at_k": {str(k): v for k, v in judgement.pass_at_k.items()},
         "outcomes": judgement.summary["outcomes"],
         "finish_reasons": dict(zip(reasons["finish_reason"], reasons["len"], strict=True)),
+        "prompts_truncated": truncated,
         "tokens_generated": int(samples["n_tokens"].sum()),
         "generation_seconds": generation_seconds,
         "judge_seconds": judgement.summary["judge_wall_s"],

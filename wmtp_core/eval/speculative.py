@@ -63,19 +63,22 @@ class SpeculativeStats:
         }
 
 
-def _all_heads_argmax(model, h_trunk: torch.Tensor, start_pos: int, cache, last_only: bool) -> torch.Tensor:
-    """Greedy token of every head at every position of h_trunk [1, T, dim] -> [T, n_future] (or [1, n_future]).
+def _run_heads(model, tokens: torch.Tensor, start_pos: int, cache) -> list[torch.Tensor]:
+    """Trunk and every head over tokens [1, L] -> one hidden state [1, L, dim] per head.
 
-    Every head runs over all T positions so each head's KV cache stays filled; only the needed positions are
-    unembedded.
+    Every head runs over all L positions so each head's KV cache stays filled for later passes.
     """
-    argmax = []
-    for k in range(model.n_future):
-        h = model.head(h_trunk, k, start_pos=start_pos, cache=cache)
-        if last_only:
-            h = h[:, -1:]
-        argmax.append(model.unembed(h)[0].argmax(dim=-1))
-    return torch.stack(argmax, dim=-1)
+    h_trunk = model.trunk(tokens, start_pos, cache)
+    return [model.head(h_trunk, k, start_pos, cache) for k in range(model.n_future)]
+
+
+def _proposals(model, hidden: list[torch.Tensor], position: int) -> list[int]:
+    """Greedy token of heads 2..n at one position: only those rows are unembedded (the vocab projection is the
+    largest matrix of a small model)."""
+    if len(hidden) == 1:
+        return []
+    rows = torch.stack([h[0, position] for h in hidden[1:]])
+    return model.unembed(rows).argmax(dim=-1).tolist()
 
 
 @torch.inference_mode()
@@ -102,7 +105,8 @@ def speculative_generate(
     started = time.perf_counter()
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens, device=device)
-    guesses = _all_heads_argmax(model, model.trunk(prompt, 0, cache), 0, cache, last_only=True)[0].tolist()
+    hidden = _run_heads(model, prompt, 0, cache)
+    guesses = [int(model.unembed(hidden[0][0, -1]).argmax())] + _proposals(model, hidden, -1)
     stats.forward_passes += 1
     pos = len(prompt_ids)
     out: list[int] = []
@@ -113,15 +117,15 @@ def speculative_generate(
         reason = criteria.finish_reason(out)
         if reason is not None:
             break
-        block_len = min(n_heads, max_new_tokens - len(out))
-        block = guesses[:block_len]
-        tokens = torch.tensor([block], dtype=torch.long, device=device)
-        verified = _all_heads_argmax(model, model.trunk(tokens, pos, cache), pos, cache, last_only=False)
+        block = guesses[: min(n_heads, max_new_tokens - len(out))]
+        hidden = _run_heads(model, torch.tensor([block], dtype=torch.long, device=device), pos, cache)
         stats.forward_passes += 1
-        # Proposal block[i+1] is accepted when the next-token head, having read block[:i+1], agrees with it.
-        agree = (verified[:-1, 0] == tokens[0, 1:]).long()
-        n_accepted = int(agree.cumprod(dim=0).sum().item()) if agree.numel() else 0
-        for j in range(block_len - 1):
+        # greedy[i] is what greedy decoding emits after block[:i+1]; proposal block[i+1] stands if they agree.
+        greedy = model.unembed(hidden[0][0]).argmax(dim=-1).tolist()
+        n_accepted = 0
+        while n_accepted < len(block) - 1 and block[n_accepted + 1] == greedy[n_accepted]:
+            n_accepted += 1
+        for j in range(len(block) - 1):
             stats.proposed_per_head[j] += 1
             stats.accepted_per_head[j] += int(j < n_accepted)
         for t in block[1 : 1 + n_accepted]:
@@ -131,7 +135,7 @@ def speculative_generate(
                 break
         if reason is not None:
             break
-        guesses = verified[n_accepted].tolist()
+        guesses = [greedy[n_accepted]] + _proposals(model, hidden, n_accepted)
         pos += 1 + n_accepted
     stats.tokens = len(out)
     stats.seconds = time.perf_counter() - started

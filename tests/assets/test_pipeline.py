@@ -1,0 +1,288 @@
+"""The whole pipeline through DVC and Dagster, in a temporary copy of the repository.
+
+One module-scoped copy is reproduced once and then shared, in order: no-op repro, a param change, the lineage
+served by `dagster dev`, and an S3 round trip through a local moto server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from dagster_defs.definitions import defs
+from dagster_defs.dvcgen import edges, stages
+from wmtp_core.storage import sha256_file, verify
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc_pipeline")]
+
+BIN = Path(sys.executable).parent
+STAGES = stages(defs)
+
+
+@dataclass
+class Pipeline:
+    repo: Path
+    env: dict[str, str]
+    first_output: str
+
+    def run(self, *args: str, check: bool = True, timeout: float = 1800) -> str:
+        out = subprocess.run(
+            args, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+        return out.stdout + out.stderr
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(str(self.repo / "storage" / "dagster_home"))
+
+    def latest_materializations(self) -> dict[str, str]:
+        """Asset -> run id of its latest materialization in the copy's DAGSTER_HOME event log."""
+        with self.instance() as instance:
+            found = {}
+            for name in STAGES:
+                event = instance.get_latest_materialization_event(dg.AssetKey(name))
+                if event is not None:
+                    found[name] = event.run_id
+            return found
+
+    def outs(self) -> dict[str, str]:
+        return {
+            p.relative_to(self.repo).as_posix(): sha256_file(p)
+            for stage in STAGES.values()
+            for p in sorted((self.repo / stage["outs"][0]).rglob("*"))
+            if p.is_file()
+        }
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, repo_root: Path) -> Pipeline:
+    base = tmp_path_factory.mktemp("pipeline")
+    repo = base / "main"
+    # Beside the copy, as beside the checkout: params such as ../shared/data/... resolve the same way.
+    (base / "shared").symlink_to(repo_root.parent / "shared")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo_root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = repo_root / rel
+        if src.is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / rel)
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "WMTP_ROOT", "WMTP_STORAGE")}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        # The copy's own code runs its stages, as it would in a fresh clone.
+        PYTHONPATH=str(repo),
+        DVC_SITE_CACHE_DIR=str(base / "dvc-site"),
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="wmtp-test",
+        GIT_AUTHOR_EMAIL="wmtp-test@localhost",
+        GIT_COMMITTER_NAME="wmtp-test",
+        GIT_COMMITTER_EMAIL="wmtp-test@localhost",
+    )
+    p = Pipeline(repo, env, "")
+    p.run("git", "init", "-q")
+    p.run("git", "add", "-A")
+    p.run("git", "commit", "-qm", "copy")
+    p.first_output = p.run("dvc", "repro")
+    return p
+
+
+def test_repro_materializes_the_graph_and_records_lineage(pipeline: Pipeline):
+    assert ran(pipeline.first_output) == set(STAGES)
+    lock = yaml.safe_load((pipeline.repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    for stage in STAGES.values():
+        verify(pipeline.repo / stage["outs"][0])
+    home = pipeline.repo / "storage" / "dagster_home"
+    assert yaml.safe_load((home / "dagster.yaml").read_text()) == {"telemetry": {"enabled": False}}
+    # Every DVC stage ran through Dagster: its materialization is in the event log of the copy's DAGSTER_HOME.
+    assert set(pipeline.latest_materializations()) == set(STAGES)
+
+
+def test_second_repro_does_nothing(pipeline: Pipeline):
+    before = pipeline.latest_materializations()
+    output = pipeline.run("dvc", "repro")
+    assert ran(output) == set()
+    assert "Data and pipelines are up to date" in output
+    assert pipeline.latest_materializations() == before
+
+
+def test_changing_one_param_reruns_that_asset_and_its_descendants_only(pipeline: Pipeline):
+    target = "reference_model"
+    descendants = {target}
+    while grown := {child for parent, child in edges(defs) if parent in descendants} - descendants:
+        descendants |= grown
+    before = pipeline.latest_materializations()
+    params_path = pipeline.repo / "params.yaml"
+    text = params_path.read_text()
+    seed = yaml.safe_load(text)[target]["seed"]
+    changed = re.sub(rf"(\n{target}:\n(?:  .*\n)*?  seed: ){seed}\b", rf"\g<1>{seed + 1}", text, count=1)
+    assert yaml.safe_load(changed)[target]["seed"] == seed + 1
+    params_path.write_text(changed)
+    output = pipeline.run("dvc", "repro")
+    assert ran(output) == descendants
+    after = pipeline.latest_materializations()
+    assert {name for name in STAGES if after[name] != before[name]} == descendants
+
+
+def _descendant_pids(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+QUERY = """{ assetNodes { assetKey { path } dependencyKeys { path }
+  assetMaterializations(limit: 1) { runId timestamp } } }"""
+
+
+def test_dagster_dev_serves_edges_and_latest_materializations(pipeline: Pipeline):
+    port = _free_port()
+    env = {**pipeline.env, "DAGSTER_HOME": str(pipeline.repo / "storage" / "dagster_home")}
+    # dagster dev copies SIGINT's disposition onto SIGTERM, so it must start with SIGINT at its default.
+    proc = subprocess.Popen(
+        [str(BIN / "dagster"), "dev", "-m", "dagster_defs.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=pipeline.repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        nodes = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            started |= _descendant_pids(proc.pid)
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql",
+                    data=json.dumps({"query": QUERY}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    nodes = json.loads(response.read())["data"]["assetNodes"]
+                break
+            except (OSError, KeyError, TypeError):
+                time.sleep(2)
+        assert nodes is not None, f"dagster dev did not answer on port {port} (exit code {proc.poll()})"
+        served = {
+            (tuple(d["path"])[-1], tuple(n["assetKey"]["path"])[-1])
+            for n in nodes
+            for d in n["dependencyKeys"]
+        }
+        assert served == edges(defs, with_checks=False)
+        with pipeline.instance() as instance:
+            for node in nodes:
+                name = node["assetKey"]["path"][-1]
+                latest = instance.get_latest_materialization_event(dg.AssetKey(name))
+                assert node["assetMaterializations"], f"{name}: no materialization served"
+                assert node["assetMaterializations"][0]["runId"] == latest.run_id
+    finally:
+        started |= _descendant_pids(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in started):
+            time.sleep(0.5)
+        leftover = [p for p in started if _alive(p)]
+        for pid in leftover:
+            os.kill(pid, signal.SIGKILL)
+    assert not leftover, f"dagster dev left processes {leftover} after SIGTERM"
+
+
+def test_push_to_s3_wipe_and_pull_restores_identical_files(pipeline: Pipeline):
+    port = _free_port()
+    moto = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import boto3
+
+        creds = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3.create_bucket(Bucket="wmtp")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        pipeline.env.update(creds)
+        pipeline.run("dvc", "remote", "add", "-d", "s3", "s3://wmtp/dvc")
+        pipeline.run("dvc", "remote", "modify", "s3", "endpointurl", endpoint)
+        before = pipeline.outs()
+        assert before
+        pipeline.run("dvc", "push")
+        assert s3.list_objects_v2(Bucket="wmtp", Prefix="dvc/")["KeyCount"] > 0
+        shutil.rmtree(pipeline.repo / ".dvc" / "cache")
+        for stage in STAGES.values():
+            shutil.rmtree(pipeline.repo / stage["outs"][0])
+        assert pipeline.outs() == {}
+        pipeline.run("dvc", "pull")
+        assert pipeline.outs() == before
+        assert ran(pipeline.run("dvc", "repro")) == set()
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)

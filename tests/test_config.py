@@ -1,0 +1,61 @@
+"""params.yaml: the committed file validates, names every section DVC tracks, and bad keys are named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from wmtp_core.config import ConfigError, Params, load_params
+
+
+def test_committed_params_validate_and_write_out_every_section(repo_root):
+    params = load_params(repo_root / "params.yaml")
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    # DVC reads stage params from the file itself, so defaults must be written out, not left implicit.
+    assert set(raw) == set(Params.model_fields)
+    assert params.tokenizer.vocab_size == 1024 and params.base_model.source == "micro"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tokenizer: {vocab: 3}\n", "tokenizer.vocab: unknown key"),
+        ("no_such_asset: {}\n", "no_such_asset: unknown key"),
+        ("tokenizer: {vocab_size: many}\n", "tokenizer.vocab_size: Input should be a valid integer"),
+        (
+            "tokenizer: {vocab_size: 100}\n",
+            "tokenizer.vocab_size: Input should be greater than or equal to 260",
+        ),
+        ("tokenizer: {path: t.model}\n", "tokenizer.sha256 must be set too"),
+        ("tokenizer: {path: t.model, sha256: abc}\n", "tokenizer.sha256: expected 64 hexadecimal digits"),
+        ("base_model: {source: meta}\n", "base_model.meta_dir must name the weights directory"),
+        ("reference_model: {source: gguf}\n", "reference_model.source: Input should be 'micro' or 'hf'"),
+        (
+            "codecontests_raw: {splits: [dev]}\n",
+            "codecontests_raw.splits.0: Input should be 'train', 'valid' or 'test'",
+        ),
+        ("- a list\n", "expected a mapping of sections"),
+        ("tokenizer: {vocab_size: [1\n", "not valid YAML"),
+    ],
+)
+def test_bad_params_name_the_file_and_key(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_missing_params_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="params.yaml: params file not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_sections_are_frozen_and_sha256_normalised(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("tokenizer: {path: t.model, sha256: '" + "AB" * 32 + "'}\n")
+    params = load_params(path)
+    assert params.tokenizer.sha256 == "ab" * 32
+    with pytest.raises(ValueError):
+        params.tokenizer.vocab_size = 2  # type: ignore[misc]
