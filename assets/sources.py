@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from assets._common import asset_metadata, markdown_table
@@ -21,13 +22,36 @@ from wmtp_core.storage import publish, verify
 GROUP = "sources"
 
 
-def _raw_tables(directory: Path) -> dict[str, pa.Table]:
+def _raw_rows(directory: Path, limit: int | None = None) -> pa.Table:
+    """Rows of the stored raw asset (verified first), split by split; the first `limit` rows when given."""
     verify(directory)
-    return {
-        split: pa.concat_tables([pq.read_table(p) for p in paths])
-        for split, paths in find_split_files(directory).items()
-        if paths
-    }
+    batches: list[pa.RecordBatch] = []
+    taken = 0
+    for paths in find_split_files(directory).values():
+        for path in paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+                if limit is not None and taken >= limit:
+                    return pa.Table.from_batches(batches, schema=batch.schema)
+                batch = batch if limit is None else batch.slice(0, limit - taken)
+                batches.append(batch)
+                taken += batch.num_rows
+    return pa.Table.from_batches(batches) if batches else SCHEMA.empty_table()
+
+
+def _raw_counts(directory: Path) -> dict[str, int]:
+    """Problems and solutions, counted column-wise (the published train split has millions of solutions)."""
+    counts = {"problems": 0, "correct_solutions": 0, "incorrect_solutions": 0}
+    for paths in find_split_files(directory).values():
+        for path in paths:
+            table = pq.read_table(path, columns=["solutions", "incorrect_solutions"])
+            counts["problems"] += table.num_rows
+            for field, key in (
+                ("solutions", "correct_solutions"),
+                ("incorrect_solutions", "incorrect_solutions"),
+            ):
+                lengths = pc.list_value_length(pc.struct_field(table[field], "solution"))
+                counts[key] += int(pc.sum(lengths).as_py() or 0)
+    return counts
 
 
 @dg.asset(
@@ -68,18 +92,6 @@ def codecontests_raw(storage: StorageResource, params: ParamsResource) -> dg.Mat
             return counts
 
     manifest = publish(out, write, params=p.model_dump(mode="json"))
-    tables = _raw_tables(out)
-    counts = manifest["counts"]
-    counts_total = {
-        "problems": sum(t.num_rows for t in tables.values()),
-        "correct_solutions": sum(
-            len(s["solution"]) for t in tables.values() for s in t["solutions"].to_pylist()
-        ),
-        "incorrect_solutions": sum(
-            len(s["solution"]) for t in tables.values() for s in t["incorrect_solutions"].to_pylist()
-        ),
-    }
-    first = next(iter(tables.values()))
     preview = markdown_table(
         [
             {
@@ -91,25 +103,30 @@ def codecontests_raw(storage: StorageResource, params: ParamsResource) -> dg.Mat
                 "incorrect": len(r["incorrect_solutions"]["solution"]),
                 "description": r["description"],
             }
-            for r in first.slice(0, 8).to_pylist()
+            for r in _raw_rows(out, limit=8).to_pylist()
         ]
     )
-    meta = asset_metadata(out, {**manifest, "counts": {**counts, **counts_total}}, preview=preview)
+    meta = asset_metadata(
+        out, {**manifest, "counts": {**manifest["counts"], **_raw_counts(out)}}, preview=preview
+    )
     return dg.MaterializeResult(metadata=meta)
 
 
 @dg.asset_check(
-    asset=codecontests_raw, description="Every Python solution, run on its tests, agrees with its label."
+    asset=codecontests_raw,
+    blocking=True,
+    description="Every Python solution, run on its tests, agrees with its label.",
 )
 def codecontests_labels_agree(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
     p = params.load().codecontests_raw
-    tables = _raw_tables(storage.asset_dir(GROUP, "codecontests_raw"))
-    table = pa.concat_tables(tables.values())
+    directory = storage.asset_dir(GROUP, "codecontests_raw")
+    table = _raw_rows(directory, limit=p.check_limit)
     disagreements = check_labels(table, timeout_s=p.check_timeout, progress=False)
     return dg.AssetCheckResult(
         passed=not disagreements,
         metadata={
-            "problems": table.num_rows,
+            "problems_checked": table.num_rows,
+            "problems": _raw_counts(directory)["problems"],
             "disagreements": len(disagreements),
             "details": dg.MetadataValue.md("\n".join(f"- {d}" for d in disagreements[:50]) or "_none_"),
         },
@@ -117,7 +134,9 @@ def codecontests_labels_agree(storage: StorageResource, params: ParamsResource) 
 
 
 @dg.asset_check(
-    asset=codecontests_raw, description="The stored files have the published CodeContests schema."
+    asset=codecontests_raw,
+    blocking=True,
+    description="The stored files have the published CodeContests schema.",
 )
 def codecontests_schema_matches(storage: StorageResource) -> dg.AssetCheckResult:
     directory = storage.asset_dir(GROUP, "codecontests_raw")
@@ -181,7 +200,9 @@ def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.Materializ
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset_check(asset=tokenizer, description="The stored tokenizer is what params.yaml asks for.")
+@dg.asset_check(
+    asset=tokenizer, blocking=True, description="The stored tokenizer is what params.yaml asks for."
+)
 def tokenizer_matches_params(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
     p = params.load().tokenizer
     directory = storage.asset_dir(GROUP, "tokenizer")

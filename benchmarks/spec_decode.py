@@ -6,7 +6,9 @@ cross-entropies (a small honest loop; the real trainer is elsewhere), so heads 2
 Its default shape keeps the proportion of Meta's 7B_1T_4 that decides the cost of a verify pass: a deep trunk and
 one block per head (7B_1T_4: 28 trunk blocks + 4 head blocks; here 12 + 4 at width 64). A greedy step runs trunk +
 head 1, a verify pass trunk + all heads over a few tokens. `--micro-policy` uses the project's micro policy instead
-(4 trunk + 4 head blocks: heads are half the model, so a verify pass costs about twice a greedy step). Then every held-out prompt is decoded greedily both ways, interleaved, several
+(4 trunk + 4 head blocks: heads are half the model, so a verify pass costs about twice a greedy step).
+
+Then every held-out prompt is decoded greedily both ways, interleaved, several
 rounds; the best round of each method is compared. The outputs must be identical token for token.
 
 Last line: JSON with speedup_vs_greedy, tokens_per_forward, identical_to_greedy (and the details).
@@ -169,6 +171,8 @@ def main() -> None:
     prompts = [tok.encode(t.split("\n")[0] + "\n", bos=True) for t in corpus(args.prompts, args.seed + 1)]
     decode_both(model, tok, prompts[:1], 16, 1)  # warm-up: allocator, first-call paths
     greedy_s, spec_s, identical, stats = decode_both(model, tok, prompts, args.max_new_tokens, args.rounds)
+    sample = generate_ids(model, tok, prompts[:1], SamplingParams(max_new_tokens=64), progress=False)[0][0]
+    print(f"prompt {tok.decode(prompts[0])!r} -> greedy {sample.text!r}")
     result = {
         "speedup_vs_greedy": round(greedy_s / spec_s, 3),
         "tokens_per_forward": round(stats.tokens_per_forward, 3),

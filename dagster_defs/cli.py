@@ -43,7 +43,9 @@ def _run(defs, selection) -> None:
     """Execute the selected assets (and their checks) in process; fail when a step or a check fails."""
     from dagster import AssetKey
 
-    job = defs.resolve_implicit_global_asset_job_def()
+    from dagster_defs.definitions import MAIN_JOB
+
+    job = defs.resolve_job_def(MAIN_JOB)
     keys = [AssetKey(name) for name in selection] if selection is not None else None
     result = job.execute_in_process(
         instance=_instance(), asset_selection=keys, raise_on_error=False, run_config=_QUIET

@@ -125,8 +125,21 @@ def stages(defs: dg.Definitions) -> dict[str, dict[str, Any]]:
     return out
 
 
+def metrics(defs: dg.Definitions) -> list[str]:
+    """Metrics files the assets declare (`dvc/metrics`), for `dvc metrics show/diff`.
+
+    Listed at the top level rather than as stage outputs: they sit inside a stage's output directory, and DVC
+    forbids overlapping outputs.
+    """
+    graph = defs.resolve_asset_graph()
+    return sorted({m for k in graph.get_all_asset_keys() for m in graph.get(k).metadata.get("dvc/metrics", [])})
+
+
 def render(defs: dg.Definitions) -> str:
-    return HEADER + yaml.safe_dump({"stages": stages(defs)}, sort_keys=False, width=120)
+    document: dict[str, Any] = {"stages": stages(defs)}
+    if found := metrics(defs):
+        document["metrics"] = found
+    return HEADER + yaml.safe_dump(document, sort_keys=False, width=120)
 
 
 def edges(defs: dg.Definitions, *, with_checks: bool = True) -> set[tuple[str, str]]:

@@ -73,8 +73,13 @@ class MlflowResource(dg.ConfigurableResource):
     experiment: str = "wmtp"
 
     def experiment_id(self) -> str:
+        """The experiment's id, created (with the explicit artifact location) on first use."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
+        if self.tracking_uri.startswith("sqlite:///"):
+            # sqlite creates the database file, not its directory.
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
         found = mlflow.get_experiment_by_name(self.experiment)
         if found is not None:

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
@@ -37,6 +45,9 @@ class CodeContestsRawParams(Section):
     path: str | None = Field(None, description="directory of the published Parquet files; null = demo set")
     splits: list[Literal["train", "valid", "test"]] = Field(
         default_factory=lambda: ["train", "valid", "test"], min_length=1
+    )
+    check_limit: int | None = Field(
+        None, ge=1, description="problems whose solutions the label check runs (first rows); null = all"
     )
     check_timeout: float = Field(
         5.0, gt=0, description="seconds per solution run when the labels are checked"
@@ -114,17 +125,50 @@ class ReferenceModelParams(Section):
         return self
 
 
-# Sections of the data and evaluation assets live beside their code (wmtp_core/data/params.py,
-# wmtp_core/eval/params.py) and are listed as fields of `Params` here.
+def _build_params() -> type[Section]:
+    """The root model: one field per section. Built on first use because the data and evaluation sections live
+    beside their code (wmtp_core/data/params.py, wmtp_core/eval/params.py) and import `Section` from here."""
+    from wmtp_core.data.params import (
+        CodecontestsIndexParams,
+        CodecontestsProcessedParams,
+        HumanevalProcessedParams,
+        MbppProcessedParams,
+        SamplingParams,
+    )
+    from wmtp_core.eval.params import EvaluationParams, ExperimentReportParams
+
+    sections: dict[str, type[Section]] = {
+        "codecontests_raw": CodeContestsRawParams,
+        "tokenizer": TokenizerParams,
+        "base_model": BaseModelParams,
+        "reference_model": ReferenceModelParams,
+        "codecontests_processed": CodecontestsProcessedParams,
+        "codecontests_index": CodecontestsIndexParams,
+        "mbpp_processed": MbppProcessedParams,
+        "humaneval_processed": HumanevalProcessedParams,
+        "sampling": SamplingParams,
+        "evaluation": EvaluationParams,
+        "experiment_report": ExperimentReportParams,
+    }
+    return create_model(
+        "Params",
+        __base__=Section,
+        __doc__="All of params.yaml: one section per asset (or family of assets), named like it.",
+        __module__=__name__,
+        **{name: (cls, Field(default_factory=cls)) for name, cls in sections.items()},
+    )
 
 
-class Params(Section):
-    """All of params.yaml: one field per asset (or family of assets), named like the asset."""
+_params_model: type[Section] | None = None
 
-    codecontests_raw: CodeContestsRawParams = CodeContestsRawParams()
-    tokenizer: TokenizerParams = TokenizerParams()
-    base_model: BaseModelParams = BaseModelParams()
-    reference_model: ReferenceModelParams = ReferenceModelParams()
+
+def __getattr__(name: str) -> Any:
+    global _params_model
+    if name == "Params":
+        if _params_model is None:
+            _params_model = _build_params()
+        return _params_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:
@@ -141,7 +185,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_params(path: str | Path) -> Params:
+def load_params(path: str | Path) -> Any:
+    """Validated params.yaml as a `Params` instance (attribute per section)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
@@ -154,6 +199,6 @@ def load_params(path: str | Path) -> Params:
             f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}"
         )
     try:
-        return Params.model_validate(raw)
+        return __getattr__("Params").model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(str(path), e)) from e

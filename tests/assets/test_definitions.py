@@ -25,12 +25,11 @@ def test_definitions_hold_every_asset_module_and_the_resources(tmp_path):
     in_modules = set()
     for info in pkgutil.iter_modules(assets.__path__, "assets."):
         module = importlib.import_module(info.name)
-        in_modules |= {
-            k.to_user_string()
-            for v in vars(module).values()
-            if isinstance(v, dg.AssetsDefinition)
-            for k in v.keys
-        }
+        for value in vars(module).values():
+            # Factories (one asset per model and task) leave lists of definitions in the module.
+            for item in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(item, dg.AssetsDefinition):
+                    in_modules |= {k.to_user_string() for k in item.keys}
     assert in_modules == keys
     assert set(defs.resources) >= {"storage", "params", "mlflow", "launcher"}
     assert (
@@ -79,7 +78,38 @@ def test_materialize_with_bad_params_names_the_key_and_writes_nothing(tmp_path):
     assert not (tmp_path / "storage").exists()
 
 
-def test_materialize_rejects_an_unknown_asset(tmp_path, repo_root):
-    (tmp_path / "params.yaml").write_text((repo_root / "params.yaml").read_text())
-    out = _wmtp("materialize", "no_such_asset", cwd=tmp_path)
-    assert out.returncode != 0 and "unknown asset(s) ['no_such_asset']" in out.stderr
+def test_materialize_rejects_an_unknown_asset():
+    from click.testing import CliRunner
+
+    from dagster_defs.cli import build_cli
+
+    out = CliRunner().invoke(build_cli(), ["materialize", "no_such_asset"])
+    assert out.exit_code != 0 and "unknown asset(s) ['no_such_asset']" in out.output
+
+
+def test_mlflow_resource_defaults_to_sqlite_under_storage_with_explicit_artifacts(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # artifacts must not land in ./mlruns of the working directory
+    resource = build_definitions(str(tmp_path / "storage"), str(tmp_path / "params.yaml")).resources["mlflow"]
+    experiment_id = resource.experiment_id()
+    assert resource.experiment_id() == experiment_id  # found, not created twice
+    (tmp_path / "note.txt").write_text("logged")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metric("pass_at_1", 0.5)
+        mlflow.log_artifact(str(tmp_path / "note.txt"))
+    assert (tmp_path / "storage/mlflow/mlflow.db").is_file()
+    artifacts = tmp_path / "storage/mlflow/artifacts" / run.info.run_id / "artifacts" / "note.txt"
+    assert artifacts.read_text() == "logged"
+    assert not (tmp_path / "mlruns").exists()
+    assert mlflow.get_run(run.info.run_id).data.metrics == {"pass_at_1": 0.5}
+
+
+def test_launcher_resolves_backend_from_device():
+    from dagster_defs.resources import LauncherResource
+
+    cpu = LauncherResource(nproc_per_node=2, nnodes=1, device="cpu")
+    assert (cpu.resolved_device(), cpu.resolved_backend()) == ("cpu", "gloo")
+    assert LauncherResource(device="cuda").resolved_backend() == "nccl"
+    assert cpu.torchrun_args()[:3] == ["torchrun", "--nproc-per-node=2", "--nnodes=1"]

@@ -46,16 +46,17 @@ def test_dvc_dag_has_the_dagster_edges(repo_root, tmp_path):
     assert edges(defs), "the graph has edges"
 
 
-def test_check_flag_fails_on_a_stale_file(repo_root, tmp_path):
-    wmtp = str(Path(sys.executable).with_name("wmtp"))
+def test_check_flag_fails_on_a_stale_file(tmp_path):
+    from click.testing import CliRunner
+
+    from dagster_defs.cli import build_cli
+
+    cli, runner = build_cli(), CliRunner()
     stale = tmp_path / "dvc.yaml"
     stale.write_text(render(defs).replace("wmtp materialize tokenizer", "true"))
-    out = subprocess.run([wmtp, "dvc-yaml", "--check", "--file", str(stale)], capture_output=True, text=True)
-    assert out.returncode != 0 and "dvc.yaml is stale" in out.stderr
+    out = runner.invoke(cli, ["dvc-yaml", "--check", "--file", str(stale)])
+    assert out.exit_code != 0 and "dvc.yaml is stale" in out.output
     fresh = tmp_path / "fresh.yaml"
-    assert subprocess.run([wmtp, "dvc-yaml", "--file", str(fresh)], capture_output=True).returncode == 0
+    assert runner.invoke(cli, ["dvc-yaml", "--file", str(fresh)]).exit_code == 0
     assert fresh.read_text() == render(defs)
-    assert (
-        subprocess.run([wmtp, "dvc-yaml", "--check", "--file", str(fresh)], capture_output=True).returncode
-        == 0
-    )
+    assert runner.invoke(cli, ["dvc-yaml", "--check", "--file", str(fresh)]).exit_code == 0

@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from dagster_defs.resources import build_resources
 from tests.assets.conftest import FRAME_ASSETS, FRAME_CHECKS, materialize_frame
@@ -17,7 +18,11 @@ from wmtp_core import model as wm
 from wmtp_core.data.codecontests_schema import SCHEMA
 from wmtp_core.data.demo import demo_tables
 from wmtp_core.data.tokenizer import Tokenizer
+from wmtp_core.model.convert import export_hf
 from wmtp_core.storage import MANIFEST, sha256_file, verify
+
+# One worker materializes the shared `frame` fixture once for every test here.
+pytestmark = pytest.mark.xdist_group("frame_assets")
 
 LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
 
@@ -148,12 +153,60 @@ def test_a_wrong_label_fails_the_label_check(tmp_path):
     rows = table.to_pylist()[:2]
     rows[0]["solutions"]["solution"][0] = rows[0]["incorrect_solutions"]["solution"][0]
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), raw / "train-00000-of-00001.parquet")
-    params = f"codecontests_raw: {{path: {raw}, splits: [train]}}\n"
+    # check_limit 1: only the first problem (the mislabelled one) is executed, and the check says so.
+    params = f"codecontests_raw: {{path: {raw}, splits: [train], check_limit: 1}}\n"
     result = materialize_frame(tmp_path, params, selection=["codecontests_raw"])
-    assert result.success  # the asset materializes; its check reports the disagreement
+    # The asset is written, but its blocking check fails the run, so nothing downstream would use these rows.
+    assert not result.success
     (check,) = [
         e for e in result.get_asset_check_evaluations() if e.check_name == "codecontests_labels_agree"
     ]
     assert not check.passed
     assert check.metadata["disagreements"].value >= 1
+    assert (check.metadata["problems_checked"].value, check.metadata["problems"].value) == (1, 2)
     assert f"{rows[0]['name']}: correct solution 0 is labelled correct" in check.metadata["details"].value
+
+
+def _meta_checkpoint(directory: Path, vocab_size: int) -> dict:
+    """Meta's layout (consolidated.pth + params.json with vocab_size -1) of a seeded micro policy."""
+    directory.mkdir(parents=True)
+    state = {k: v.clone() for k, v in wm.make_micro("policy", vocab_size, seed=7).state_dict().items()}
+    torch.save(state, directory / "consolidated.pth")
+    args = wm.micro_args("policy", vocab_size).to_dict()
+    keep = ("dim", "n_layers", "n_heads", "n_future_tokens", "multiple_of", "norm_eps", "rope_theta")
+    (directory / "params.json").write_text(json.dumps({**{k: args[k] for k in keep}, "vocab_size": -1}))
+    return state
+
+
+def test_converted_meta_and_hf_weights_become_the_models(tmp_path, frame):
+    root, _ = frame
+    shutil.copytree(root / "storage", tmp_path / "storage")
+    meta_state = _meta_checkpoint(tmp_path / "meta", 1024)
+    reference = wm.make_micro("reference", 1024, seed=9)
+    wm.save(reference, tmp_path / "ours", name="ref", source="micro")
+    export_hf(tmp_path / "ours", tmp_path / "hf")
+    params = (
+        f"base_model: {{source: meta, meta_dir: {tmp_path / 'meta'}, dtype: float32}}\n"
+        f"reference_model: {{source: hf, hf_dir: {tmp_path / 'hf'}, dtype: float32}}\n"
+    )
+    result = materialize_frame(tmp_path, params, selection=["base_model", "reference_model"])
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"base_model_consistent": True, "reference_model_consistent": True}
+    base = wm.load(tmp_path / "storage/models/base_model").state_dict()
+    assert all(torch.equal(base[k], meta_state[k]) for k in meta_state)
+    assert wm.read_metadata(tmp_path / "storage/models/base_model")["source"]["format"] == "meta-consolidated"
+    imported = wm.load(tmp_path / "storage/models/reference_model").state_dict()
+    assert all(torch.equal(imported[k], v) for k, v in reference.state_dict().items())
+
+
+def test_converted_weights_with_another_vocabulary_fail_the_model_check(tmp_path, frame):
+    root, _ = frame
+    shutil.copytree(root / "storage", tmp_path / "storage")
+    _meta_checkpoint(tmp_path / "meta", 300)  # the stored tokenizer has 1024 pieces
+    params = f"base_model: {{source: meta, meta_dir: {tmp_path / 'meta'}, dtype: float32}}\n"
+    result = materialize_frame(tmp_path, params, selection=["base_model"])
+    assert not result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert "model vocab_size 300 != tokenizer vocab_size 1024" in check.metadata["problems"].value

@@ -108,6 +108,19 @@ def pipeline(tmp_path_factory, repo_root: Path) -> Pipeline:
         GIT_COMMITTER_NAME="wmtp-test",
         GIT_COMMITTER_EMAIL="wmtp-test@localhost",
     )
+    # The pipeline's mechanics do not depend on how many completions are sampled: a smaller evaluation than the
+    # embedded default (which `make demo` runs) keeps this test short.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    if "evaluation" in params:
+        params["evaluation"].update(
+            n_samples=2,
+            k=[1, 2],
+            limit=2,
+            max_new_tokens=16,
+            speculative_prompts=1,
+            speculative_max_new_tokens=8,
+        )
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = Pipeline(repo, env, "")
     p.run("git", "init", "-q")
     p.run("git", "add", "-A")
@@ -124,8 +137,19 @@ def test_repro_materializes_the_graph_and_records_lineage(pipeline: Pipeline):
         verify(pipeline.repo / stage["outs"][0])
     home = pipeline.repo / "storage" / "dagster_home"
     assert yaml.safe_load((home / "dagster.yaml").read_text()) == {"telemetry": {"enabled": False}}
-    # Every DVC stage ran through Dagster: its materialization is in the event log of the copy's DAGSTER_HOME.
+    # Every DVC stage ran through Dagster: its materialization is in the event log of the copy's DAGSTER_HOME,
+    # and so is every asset check, run by the stage of its asset.
     assert set(pipeline.latest_materializations()) == set(STAGES)
+    check_keys = list(defs.resolve_asset_graph().asset_check_keys)
+    with pipeline.instance() as instance:
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    evaluated = {
+        key.to_user_string(): record.event.dagster_event.event_specific_data.passed
+        for key, record in latest.items()
+        if record.event is not None
+    }
+    assert set(evaluated) == {k.to_user_string() for k in check_keys}
+    assert all(evaluated.values()), [k for k, ok in evaluated.items() if not ok]
 
 
 def test_second_repro_does_nothing(pipeline: Pipeline):
@@ -185,15 +209,15 @@ QUERY = """{ assetNodes { assetKey { path } dependencyKeys { path }
 
 def test_dagster_dev_serves_edges_and_latest_materializations(pipeline: Pipeline):
     port = _free_port()
-    env = {**pipeline.env, "DAGSTER_HOME": str(pipeline.repo / "storage" / "dagster_home")}
-    # dagster dev copies SIGINT's disposition onto SIGTERM, so it must start with SIGINT at its default.
+    # `wmtp ui` execs `dagster dev` on the copy's default DAGSTER_HOME (storage/dagster_home). It restores SIGINT
+    # itself (dagster dev copies SIGINT's disposition onto SIGTERM), so start it with SIGINT ignored to prove it.
     proc = subprocess.Popen(
-        [str(BIN / "dagster"), "dev", "-m", "dagster_defs.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        [str(BIN / "wmtp"), "ui", "--host", "127.0.0.1", "--port", str(port)],
         cwd=pipeline.repo,
-        env=env,
+        env=pipeline.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     started: set[int] = set()
     try:

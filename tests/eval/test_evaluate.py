@@ -26,6 +26,7 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
 PARAMS = EvaluationParams(
     n_samples=2,
     k=[1, 2],
@@ -151,3 +152,56 @@ def test_long_prompt_is_cut_from_the_left_keeping_bos(llama2_tokenizer):
     assert not cut and short == tok.encode("def f(x):\n", bos=True)
     with pytest.raises(ValueError, match="no room"):
         encode_prompt(model, tok, "x", max_new_tokens=39)
+
+
+LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+
+
+@pytest.mark.slow
+def test_evaluation_assets_and_report_materialize_and_log_to_mlflow(tmp_path, repo_root, llama2_tokenizer):
+    import dagster as dg
+    import mlflow
+
+    from assets import data, evaluation, models, sources
+    from dagster_defs.resources import build_resources
+
+    root = tmp_path / "main"
+    root.mkdir()
+    (tmp_path / "shared").symlink_to(repo_root.parent / "shared")  # params' ../shared/data paths resolve
+    (root / "params.yaml").write_text(
+        f"tokenizer:\n  path: {llama2_tokenizer}\n  sha256: {LLAMA2_SHA256}\n"
+        "evaluation:\n  n_samples: 2\n  k: [1, 2]\n  max_new_tokens: 8\n  limit: 2\n  workers: 2\n"
+        "  speculative_prompts: 1\n  speculative_max_new_tokens: 6\n"
+        "experiment_report:\n  title: asset test\n"
+    )
+    resources = build_resources(root / "storage", root / "params.yaml")
+    upstream = [sources.codecontests_raw, sources.tokenizer, models.base_model, data.humaneval_processed,
+                data.mbpp_processed]  # fmt: skip
+    result = dg.materialize(
+        [*upstream, *evaluation.evaluations, evaluation.experiment_report], resources=resources
+    )
+    assert result.success
+    storage = root / "storage" / "evaluation"
+    for task in ("humaneval", "mbpp"):
+        metrics = json.loads((storage / f"eval_base_model_{task}" / "metrics.json").read_text())
+        assert (metrics["model"], metrics["task"], metrics["limit"], metrics["n_tasks"]) == (
+            "base_model",
+            task,
+            2,
+            2,
+        )
+        assert metrics["speculative"]["identical_to_greedy"] is True
+    report = (storage / "experiment_report" / "report.md").read_text()
+    assert (
+        report.startswith("# asset test") and "| base_model | humaneval | 2 of 164 (limit 2) | 2 |" in report
+    )
+    assert "| base_model | mbpp | 2 of 500 (limit 2) | 2 |" in report
+    dvc_metrics = json.loads((storage / "experiment_report" / "metrics.json").read_text())
+    assert set(dvc_metrics["base_model"]) == {"humaneval", "mbpp"}
+
+    mlflow.set_tracking_uri(resources["mlflow"].tracking_uri)
+    runs = mlflow.search_runs(experiment_ids=[resources["mlflow"].experiment_id()], output_format="list")
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) >= {"eval_base_model_humaneval", "eval_base_model_mbpp", "experiment_report"}
+    assert by_name["eval_base_model_humaneval"].data.metrics["pass_at_1"] == 0.0
+    assert "base_model/mbpp/pass_at_2" in by_name["experiment_report"].data.metrics

@@ -31,6 +31,7 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
 @pytest.fixture(scope="module")
 def tokenizer(llama2_tokenizer) -> Tokenizer:
     return Tokenizer(llama2_tokenizer)

@@ -37,7 +37,9 @@ def _spec(tpf, speedup, rates):
 def eval_dirs(tmp_path):
     evaluations = [
         _metrics("base_model", "humaneval", {1: 0.125, 10: 0.3}, spec=_spec(2.5, 1.9, [0.8, 0.6, 0.4])),
-        _metrics("base_model", "mbpp", {1: 0.2, 10: 0.45}, n_tasks=500, spec=_spec(2.1, 1.6, [0.7, 0.5, 0.3])),
+        _metrics(
+            "base_model", "mbpp", {1: 0.2, 10: 0.45}, n_tasks=500, spec=_spec(2.1, 1.6, [0.7, 0.5, 0.3])
+        ),
         _metrics("policy_rho1", "humaneval", {1: 0.15, 10: 0.35}, limit=20),
         _metrics("policy_rho1", "mbpp", {1: 0.25, 10: 0.5}, n_tasks=500),
     ]
@@ -99,3 +101,24 @@ def test_duplicate_and_incomplete_evaluations_are_refused(eval_dirs, tmp_path):
         load_evaluation(tmp_path / "nowhere")
     with pytest.raises(ReportError, match="no evaluations"):
         write_report([], tmp_path)
+
+
+def test_command_writes_a_verified_report_directory(eval_dirs, tmp_path):
+    from click.testing import CliRunner
+
+    from wmtp_core.eval.report import report_command
+    from wmtp_core.storage import verify
+
+    out = tmp_path / "experiment_report"
+    result = CliRunner().invoke(report_command, [*map(str, eval_dirs), "--out", str(out), "--title", "cli"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# cli")
+    manifest = verify(out)
+    assert set(manifest["files"]) == {
+        "report.md",
+        "report.json",
+        "metrics.json",
+        "pass_at_k.png",
+        "speculative.png",
+    }
+    assert "--out" in CliRunner().invoke(report_command, ["--help"]).output

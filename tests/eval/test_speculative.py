@@ -23,6 +23,7 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
 def code_corpus(n: int, seed: int) -> list[str]:
     """Repetitive little functions: the heads can learn to see several tokens ahead, but not every name."""
     rng = random.Random(seed)

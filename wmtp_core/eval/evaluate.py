@@ -277,6 +277,9 @@ def evaluate(
     return metrics
 
 
+_DEFAULTS = EvaluationParams()
+
+
 @click.command("evaluate")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("tokenizer_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -290,70 +293,53 @@ def evaluate(
     help="Task file (HumanEval .jsonl.gz/.parquet; MBPP mbpp.jsonl/.parquet, required for mbpp).",
 )
 @click.option(
-    "--n-samples", type=click.IntRange(min=1), default=EvaluationParams().n_samples, show_default=True
+    "--n-samples", type=int, default=_DEFAULTS.n_samples, show_default=True, help="Samples per task."
 )
-@click.option("--k", "ks", default="1,10,100", show_default=True, help="pass@k to report, comma-separated.")
+@click.option(
+    "--k",
+    "ks",
+    default=",".join(map(str, _DEFAULTS.k)),
+    show_default=True,
+    help="pass@k to report, comma-separated.",
+)
 @click.option(
     "--temperature",
-    type=click.FloatRange(min=0),
-    default=EvaluationParams().temperature,
+    type=float,
+    default=_DEFAULTS.temperature,
     show_default=True,
     help="0 = greedy (then --n-samples 1).",
 )
+@click.option("--top-p", type=float, default=_DEFAULTS.top_p, show_default=True)
+@click.option("--max-new-tokens", type=int, default=_DEFAULTS.max_new_tokens, show_default=True)
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--limit", type=int, default=None, help="Only the first LIMIT tasks (printed and recorded).")
 @click.option(
-    "--top-p", type=click.FloatRange(0, 1, min_open=True), default=EvaluationParams().top_p, show_default=True
+    "--workers", type=int, default=_DEFAULTS.workers, show_default=True, help="Sandboxes in parallel."
 )
 @click.option(
-    "--max-new-tokens",
-    type=click.IntRange(min=1),
-    default=EvaluationParams().max_new_tokens,
-    show_default=True,
-)
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="Only the first LIMIT tasks (recorded)."
+    "--timeout", type=float, default=_DEFAULTS.timeout, show_default=True, help="Seconds per program."
 )
 @click.option(
     "--speculative-prompts",
-    type=click.IntRange(min=0),
-    default=EvaluationParams().speculative_prompts,
+    type=int,
+    default=_DEFAULTS.speculative_prompts,
     show_default=True,
     help="Prompts decoded greedily and self-speculatively; 0 = skip.",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=EvaluationParams().workers, show_default=True)
+@click.option(
+    "--speculative-max-new-tokens", type=int, default=_DEFAULTS.speculative_max_new_tokens, show_default=True
+)
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
-def evaluate_command(
-    model_dir,
-    tokenizer_file,
-    task,
-    out_dir,
-    task_source,
-    n_samples,
-    ks,
-    temperature,
-    top_p,
-    max_new_tokens,
-    limit,
-    speculative_prompts,
-    workers,
-    device,
-):
+def evaluate_command(model_dir, tokenizer_file, task, out_dir, task_source, ks, device, **options):
     """Evaluate MODEL_DIR (written by wmtp_core.model.save) on TASK: sample completions, judge them in the
     sandbox, compute pass@k and measure self-speculative decoding; write OUT_DIR."""
     try:
         k = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError as e:
-        raise click.BadParameter(f"--k: expected comma-separated integers, got {ks!r}") from e
+        raise click.BadParameter(f"expected comma-separated integers, got {ks!r}", param_hint="--k") from e
     try:
-        params = EvaluationParams(
-            n_samples=n_samples,
-            k=k,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            limit=limit,
-            speculative_prompts=speculative_prompts,
-            workers=workers,
-        )
+        params = EvaluationParams(k=k, **options)
     except ValidationError as e:
         raise click.UsageError(format_validation_error("options", e)) from e
     metrics = evaluate(

@@ -213,8 +213,9 @@ def generate_ids(
 ) -> list[list[Completion]]:
     """`n` completions of each tokenized prompt. Returns one list of n Completions per prompt, in input order.
 
-    Sampling is reproducible: every batch draws from its own generator seeded by `params.seed` and the batch's
-    first row, so a task's samples do not change when other tasks are added or removed.
+    Sampling is reproducible for the same prompts, n, batch_size and seed: every batch draws from its own
+    generator seeded by `params.seed` and the batch's first row. Rows are grouped by prompt length, then prompt,
+    then sample, so a batch of n <= batch_size samples usually holds one prompt's samples.
     """
     if n < 1:
         raise ValueError(f"n: expected >= 1 samples per prompt, got {n}")
@@ -239,6 +240,7 @@ def generate_ids(
             if params.temperature > 0:
                 _, first_prompt, first_sample = batch[0]
                 generator = torch.Generator(device=device)
+                # A tuple of ints hashes the same in every process (only str hashing is salted).
                 generator.manual_seed(hash((params.seed, first_prompt, first_sample)) & 0x7FFF_FFFF_FFFF_FFFF)
             distinct = list(dict.fromkeys(i for _, i, _ in batch))
             unique = torch.tensor([list(prompts[i]) for i in distinct], dtype=torch.long, device=device)

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 import matplotlib
 
 matplotlib.use("Agg")  # no display on these machines; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from wmtp_core.eval.params import ExperimentReportParams  # noqa: E402
+from wmtp_core.storage import atomic_dir, write_manifest  # noqa: E402
 
 METRICS_FILE = "metrics.json"
 REQUIRED_KEYS = ("model", "task", "n_tasks", "n_tasks_available", "limit", "n_samples", "pass_at_k")
@@ -226,3 +228,27 @@ def write_report(
     (out / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / METRICS_FILE).write_text(json.dumps(dvc_metrics(summary), indent=2, sort_keys=True) + "\n")
     return summary
+
+
+@click.command("experiment-report")
+@click.argument(
+    "eval_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write report.md, report.json, metrics.json and the PNG plots into.",
+)
+@click.option("--title", default=ExperimentReportParams().title, show_default=True)
+def report_command(eval_dirs, out_dir, title):
+    """Side-by-side report of evaluation directories written by `wmtp evaluate` (one per model and task)."""
+    params = ExperimentReportParams(title=title)
+    with atomic_dir(out_dir) as tmp:
+        write_report(eval_dirs, tmp, params)
+        write_manifest(tmp, params=params.model_dump(), counts={"evaluations": len(eval_dirs)})
+    click.echo((Path(out_dir) / "report.md").read_text())
+
+
+commands: list[click.Command] = [report_command]

@@ -1,6 +1,7 @@
 """Meta-compatible multi-token-prediction LLaMA: model, value head, safetensors IO, converters, micro models."""
 
 from wmtp_core.model.args import ModelArgs, ModelArgsError, preset_7b_1t_4
+from wmtp_core.model.convert import convert_meta, export_hf, import_hf
 from wmtp_core.model.io import (
     load,
     load_value_head,
@@ -22,6 +23,9 @@ __all__ = [
     "Transformer",
     "TransformerBlock",
     "ValueHead",
+    "convert_meta",
+    "export_hf",
+    "import_hf",
     "load",
     "load_value_head",
     "make_micro",

@@ -26,10 +26,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # x * rsqrt(mean(x^2) + eps) in fp32, as Meta does, so bf16 activations keep their mean square;
-        # F.rms_norm computes exactly that in one kernel instead of five elementwise passes.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed.type_as(x) * self.weight
+        # x * rsqrt(mean(x^2) + eps) computed in fp32, as Meta does; F.rms_norm is one kernel instead of five
+        # elementwise passes. In fp32, folding the weight into it gives the same numbers and keeps one activation
+        # fewer for backward; in bf16/fp16, Meta rounds before scaling by the weight, and so do we.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def rope_frequencies(head_dim: int, theta: float, start_pos: int, seq_len: int, device=None) -> Tensor:
@@ -194,7 +196,10 @@ class Transformer(nn.Module):
     def forward(
         self, tokens: Tensor, all_heads: bool = False, start_pos: int = 0, cache: KVCache | None = None
     ) -> Tensor:
-        """Logits [B, T, n_used, vocab], n_used = n_future if all_heads else 1 (the next-token head)."""
+        """Logits [B, T, n_used, vocab], n_used = n_future if all_heads else 1 (the next-token head).
+
+        For one head take `.squeeze(2)` (a view); indexing `[:, :, 0]` makes backward copy the whole logits.
+        """
         h_trunk = self.trunk(tokens, start_pos, cache)
         n_used = self.n_future if all_heads else 1
         if cache is not None:
