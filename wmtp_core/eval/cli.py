@@ -9,6 +9,7 @@ import click
 
 from wmtp_core.eval.evaluate import evaluate_command  # sample a model, then judge with this sandbox
 from wmtp_core.eval.judge import DEFAULT_TIMEOUT_S, judge_completions, read_completions, write_judgement
+from wmtp_core.eval.report import report_command  # side-by-side pass@k table and plots
 from wmtp_core.eval.tasks import MBPP_SPLITS, TASK_SETS, load_tasks
 
 _MBPP_ASSET = Path("storage/data/mbpp_processed/mbpp.parquet")
@@ -66,5 +67,5 @@ def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeo
     click.echo(json.dumps(judgement.summary))
 
 
-commands: list[click.Command] = [evaluate_completions, evaluate_command]
+commands: list[click.Command] = [evaluate_completions, evaluate_command, report_command]
 """`wmtp` commands that need no Dagster. `dagster_defs.cli` adds the pipeline commands on top of this group."""
