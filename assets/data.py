@@ -17,7 +17,7 @@ from dagster_defs.resources import ParamsResource, StorageResource
 from wmtp_core.data.codecontests_schema import SPLITS
 from wmtp_core.data.humaneval import prepare_humaneval
 from wmtp_core.data.index import INDEX_FILE, build_index, find_contamination, read_index
-from wmtp_core.data.mbpp import prepare_mbpp
+from wmtp_core.data.mbpp import BUNDLED_MBPP, prepare_mbpp
 from wmtp_core.data.prepare import PROCESSED_SCHEMA, prepare_codecontests
 from wmtp_core.data.tokenizer import Tokenizer
 from wmtp_core.storage import publish, read_manifest, verify
@@ -129,11 +129,16 @@ def codecontests_index_matches(storage: StorageResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
 
-@dg.asset(group_name=GROUP, description="MBPP (974 problems) with its standard split by task id.")
+@dg.asset(
+    group_name=GROUP,
+    description="MBPP (974 problems) with its standard split by task id.",
+    metadata={"dvc/deps": ["wmtp_core/data/bundled"]},  # the shipped mbpp.jsonl, read when no path is set
+)
 def mbpp_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().mbpp_processed
     out = storage.asset_dir(GROUP, "mbpp_processed")
-    counts = prepare_mbpp(_project_path(params, p.path), out, params=p.model_dump(mode="json"))
+    source = BUNDLED_MBPP if p.path is None else _project_path(params, p.path)
+    counts = prepare_mbpp(source, out, params=p.model_dump(mode="json"))
     table = pq.read_table(out / "mbpp.parquet", columns=["task_id", "split", "text"])
     meta = asset_metadata(out, read_manifest(out), preview=markdown_table(table.slice(0, 8).to_pylist()))
     meta["splits"] = dg.MetadataValue.json(counts)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wmtp_core.data.humaneval import prepare_humaneval, read_humaneval
-from wmtp_core.data.mbpp import prepare_mbpp, read_mbpp
+from wmtp_core.data.mbpp import BUNDLED_MBPP, prepare_mbpp, read_mbpp
 from wmtp_core.storage import verify
 
 
@@ -23,6 +24,14 @@ def test_mbpp_jsonl_splits(tmp_path, mbpp_jsonl):
     assert "\r\n" in first["code"] and len(first["test_list"]) == 3
     splits = table["split"].to_pylist()
     assert splits[10] == "test" and splits[509] == "test" and splits[510] == "validation" and splits[600] == "train"
+
+
+def test_shipped_mbpp_is_the_published_file(mbpp_jsonl):
+    # The product's default needs no ../shared: it ships the published file byte for byte (see bundled/README.md).
+    shipped = hashlib.sha256(BUNDLED_MBPP.read_bytes()).hexdigest()
+    assert shipped == hashlib.sha256(mbpp_jsonl.read_bytes()).hexdigest()
+    assert shipped == "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f"
+    assert read_mbpp(BUNDLED_MBPP).num_rows == 974
 
 
 def test_mbpp_hf_parquet_layout(tmp_path, mbpp_jsonl):

