@@ -86,6 +86,23 @@ def _check_model(storage: StorageResource, name: str, section: dict, source: str
     )
 
 
+def _write_model(storage: StorageResource, name: str, kind: str, p, convert) -> dg.MaterializeResult:
+    """A micro model of `kind` sized by the stored tokenizer, or `convert(tmp, tokenizer)` for given weights."""
+    tok = _stored_tokenizer(storage)
+    out = storage.asset_dir(GROUP, name)
+
+    def write(tmp: Path) -> dict:
+        if p.source == "micro":
+            model = wm.make_micro(kind, tok.vocab_size, p.seed)
+            wm.save(model, tmp, name=name, source="micro", tokenizer_sha256=tok.sha256, extra={"seed": p.seed})
+        else:
+            convert(tmp, tok)
+        return {"parameters": wm.read_metadata(tmp)["parameter_count"]}
+
+    manifest = publish(out, write, params=p.model_dump(mode="json"))
+    return dg.MaterializeResult(metadata=_model_metadata(out, manifest, tok))
+
+
 @dg.asset(
     group_name=GROUP,
     deps=[tokenizer],
@@ -93,26 +110,11 @@ def _check_model(storage: StorageResource, name: str, section: dict, source: str
 )
 def base_model(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().base_model
-    tok = _stored_tokenizer(storage)
-    out = storage.asset_dir(GROUP, "base_model")
 
-    def write(tmp: Path) -> dict:
-        if p.source == "micro":
-            policy = wm.make_micro("policy", tok.vocab_size, p.seed)
-            wm.save(
-                policy,
-                tmp,
-                name="base_model",
-                source="micro",
-                tokenizer_sha256=tok.sha256,
-                extra={"seed": p.seed},
-            )
-        else:
-            convert_meta(p.meta_dir, tmp, dtype=p.dtype, name="base_model", tokenizer=tok.path)
-        return {"parameters": wm.read_metadata(tmp)["parameter_count"]}
+    def convert(tmp: Path, tok) -> None:  # Meta's consolidated.pth + params.json
+        convert_meta(p.meta_dir, tmp, dtype=p.dtype, name="base_model", tokenizer=tok.path)
 
-    manifest = publish(out, write, params=p.model_dump(mode="json"))
-    return dg.MaterializeResult(metadata=_model_metadata(out, manifest, tok))
+    return _write_model(storage, "base_model", "policy", p, convert)
 
 
 @dg.asset_check(
@@ -132,26 +134,11 @@ def base_model_consistent(storage: StorageResource, params: ParamsResource) -> d
 )
 def reference_model(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().reference_model
-    tok = _stored_tokenizer(storage)
-    out = storage.asset_dir(GROUP, "reference_model")
 
-    def write(tmp: Path) -> dict:
-        if p.source == "micro":
-            ref = wm.make_micro("reference", tok.vocab_size, p.seed)
-            wm.save(
-                ref,
-                tmp,
-                name="reference_model",
-                source="micro",
-                tokenizer_sha256=tok.sha256,
-                extra={"seed": p.seed},
-            )
-        else:
-            import_hf(p.hf_dir, tmp, dtype=p.dtype, name="reference_model", tokenizer=tok.path)
-        return {"parameters": wm.read_metadata(tmp)["parameter_count"]}
+    def convert(tmp: Path, tok) -> None:  # a Hugging Face Llama directory
+        import_hf(p.hf_dir, tmp, dtype=p.dtype, name="reference_model", tokenizer=tok.path)
 
-    manifest = publish(out, write, params=p.model_dump(mode="json"))
-    return dg.MaterializeResult(metadata=_model_metadata(out, manifest, tok))
+    return _write_model(storage, "reference_model", "reference", p, convert)
 
 
 @dg.asset_check(

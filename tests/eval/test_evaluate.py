@@ -6,7 +6,6 @@ import json
 
 import polars as pl
 import pytest
-import torch
 from click.testing import CliRunner
 
 from wmtp_core.data.tokenizer import Tokenizer
@@ -15,17 +14,6 @@ from wmtp_core.eval.params import EvaluationParams
 from wmtp_core.eval.report import write_report
 from wmtp_core.model import make_micro, save
 from wmtp_core.storage import verify
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tests share 2 cores between xdist workers; two intra-op threads per worker then spin against each other
-    # and a tiny model trains several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 PARAMS = EvaluationParams(
     n_samples=2,

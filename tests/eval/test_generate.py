@@ -22,16 +22,6 @@ from wmtp_core.model.args import ModelArgs
 from wmtp_core.model.transformer import Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tests share 2 cores between xdist workers; two intra-op threads per worker then spin against each other
-    # and a tiny model trains several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(llama2_tokenizer) -> Tokenizer:
     return Tokenizer(llama2_tokenizer)

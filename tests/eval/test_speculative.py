@@ -14,16 +14,6 @@ from wmtp_core.eval.speculative import SpeculativeStats, speculative_generate
 from wmtp_core.model import ModelArgs, Transformer, make_micro
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tests share 2 cores between xdist workers; two intra-op threads per worker then spin against each other
-    # and a tiny model trains several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def code_corpus(n: int, seed: int) -> list[str]:
     """Repetitive little functions: the heads can learn to see several tokens ahead, but not every name."""
     rng = random.Random(seed)

@@ -185,6 +185,7 @@ def plot_speculative(summary: dict[str, Any], out_file: Path, dpi: int) -> Path 
     for label, spec in rows:
         rates = spec.get("acceptance_rate_per_head", [])
         right.plot(range(2, 2 + len(rates)), rates, marker="o", label=label.replace("\n", " / "))
+    right.xaxis.get_major_locator().set_params(integer=True)  # heads are whole numbers
     right.set_xlabel("head (predicts token t+k)")
     right.set_ylabel("acceptance rate")
     right.set_ylim(0, 1)
