@@ -17,6 +17,7 @@ from wmtp_core.data.codecontests import check_schema, find_split_files, read_bat
 from wmtp_core.data.codecontests_schema import DIFFICULTIES, SCHEMA
 from wmtp_core.data.judge import check_labels
 from wmtp_core.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+from wmtp_core.eval import sandbox
 from wmtp_core.storage import publish, verify
 
 GROUP = "sources"
@@ -115,13 +116,14 @@ def codecontests_raw(storage: StorageResource, params: ParamsResource) -> dg.Mat
 @dg.asset_check(
     asset=codecontests_raw,
     blocking=True,
-    description="Every Python solution, run on its tests, agrees with its label.",
+    description="Every Python solution, run on its tests in the sandbox, agrees with its label.",
 )
 def codecontests_labels_agree(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
     p = params.load().codecontests_raw
     directory = storage.asset_dir(GROUP, "codecontests_raw")
     table = _raw_rows(directory, limit=p.check_limit)
-    disagreements = check_labels(table, timeout_s=p.check_timeout, progress=False)
+    # Solutions are untrusted code (real CodeContests rows included): they run in the evaluation sandbox.
+    disagreements = check_labels(table, timeout_s=p.check_timeout, progress=False, runner=sandbox.run)
     return dg.AssetCheckResult(
         passed=not disagreements,
         metadata={
