@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from assets._common import asset_metadata, markdown_table
 from dagster_defs.resources import ParamsResource, StorageResource
 from wmtp_core.data import demo
-from wmtp_core.data.codecontests import check_schema, find_split_files, read_batches
+from wmtp_core.data.codecontests import check_schema, find_split_files, read_batches, read_problems
 from wmtp_core.data.codecontests_schema import DIFFICULTIES, SCHEMA
 from wmtp_core.data.judge import check_labels
 from wmtp_core.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
@@ -26,17 +26,7 @@ GROUP = "sources"
 def _raw_rows(directory: Path, limit: int | None = None) -> pa.Table:
     """Rows of the stored raw asset (verified first), split by split; the first `limit` rows when given."""
     verify(directory)
-    batches: list[pa.RecordBatch] = []
-    taken = 0
-    for paths in find_split_files(directory).values():
-        for path in paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-                if limit is not None and taken >= limit:
-                    return pa.Table.from_batches(batches, schema=batch.schema)
-                batch = batch if limit is None else batch.slice(0, limit - taken)
-                batches.append(batch)
-                taken += batch.num_rows
-    return pa.Table.from_batches(batches) if batches else SCHEMA.empty_table()
+    return read_problems(directory, limit)
 
 
 def _raw_counts(directory: Path) -> dict[str, int]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from wmtp_core.data.codecontests_schema import SCHEMA
@@ -194,3 +196,31 @@ def test_evaluation_sandbox_plugs_in_as_runner() -> None:
     )
     found = check_labels(table, runner=sandbox.run, timeout_s=10, progress=False)
     assert [(d.label, d.index, d.status) for d in found] == [("incorrect", 1, "passed")]
+
+
+def test_check_labels_command_runs_solutions_in_the_sandbox(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from wmtp_core.data.cli import check_labels_command
+    from wmtp_core.data.demo import demo_tables
+
+    rows = demo_tables()["train"].to_pylist()[:2]
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for directory in (good, bad):
+        directory.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), good / "train-00000-of-00001.parquet")
+    rows[1]["solutions"]["solution"][0] = rows[1]["incorrect_solutions"]["solution"][0]
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), bad / "train-00000-of-00001.parquet")
+    runner = CliRunner()
+
+    ok = runner.invoke(check_labels_command, [str(good), "--no-progress", "--workers", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output.splitlines()[-1]) == {"source_dir": str(good), "problems": 2, "limit": None,
+                                                      "disagreements": 0}  # fmt: skip
+    # --limit 1 checks only the first (correctly labelled) problem.
+    assert runner.invoke(check_labels_command, [str(bad), "--limit", "1", "--no-progress"]).exit_code == 0
+    failed = runner.invoke(check_labels_command, [str(bad), "--no-progress", "--workers", "2"])
+    assert failed.exit_code == 1
+    assert f"{rows[1]['name']}: correct solution 0 is labelled correct but" in failed.output
+    missing = runner.invoke(check_labels_command, [str(tmp_path)])
+    assert missing.exit_code == 1 and "no CodeContests Parquet files" in missing.output

@@ -40,4 +40,36 @@ def prepare_codecontests_command(source_dir: str, out_dir: str, tokenizer_file: 
     click.echo(json.dumps({"out_dir": out_dir, **stats["total"]}))
 
 
-commands: list[click.Command] = [prepare_codecontests_command]
+@click.command("check-labels", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Check only the first LIMIT problems (default: every problem).")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Wall-clock seconds per program run.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Programs run in parallel (default: CPUs).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def check_labels_command(source_dir: str, limit: int | None, timeout: float, workers: int | None,
+                         no_progress: bool) -> None:  # fmt: skip
+    """Run every Python solution of the CodeContests Parquet files in SOURCE_DIR on its tests, in the sandbox.
+
+    Prints each solution whose outcome contradicts its label (a correct one failing a test, an incorrect one
+    passing them all), then a JSON summary; exits 1 when any label disagrees.
+    """
+    from wmtp_core.data.codecontests import CodeContestsError, read_problems
+    from wmtp_core.data.judge import check_labels
+    from wmtp_core.eval import sandbox
+
+    try:
+        table = read_problems(source_dir, limit)
+    except CodeContestsError as e:
+        raise click.ClickException(str(e)) from e
+    found = check_labels(table, timeout_s=timeout, workers=workers, runner=sandbox.run, progress=not no_progress)
+    for disagreement in found:
+        click.echo(str(disagreement))
+    click.echo(json.dumps({"source_dir": source_dir, "problems": table.num_rows, "limit": limit,
+                           "disagreements": len(found)}))  # fmt: skip
+    if found:
+        raise SystemExit(1)
+
+
+commands: list[click.Command] = [prepare_codecontests_command, check_labels_command]

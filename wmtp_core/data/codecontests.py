@@ -178,5 +178,23 @@ def read_batches(path: str | Path, columns: list[str] | None = None, batch_size:
         offset += batch.num_rows
 
 
+def read_problems(source_dir: str | Path, limit: int | None = None) -> pa.Table:
+    """Every field of the published rows in `source_dir`, train then valid then test; the first `limit` rows when
+    given. Solutions and tests stay nested, as the label check reads them."""
+    batches: list[pa.RecordBatch] = []
+    taken = 0
+    for paths in find_split_files(source_dir).values():
+        for path in paths:
+            pf = open_file(path)
+            check_schema(path, pf.schema_arrow)
+            for batch in pf.iter_batches(batch_size=256):
+                if limit is not None and taken >= limit:
+                    return pa.Table.from_batches(batches, schema=batch.schema)
+                batch = batch if limit is None else batch.slice(0, limit - taken)
+                batches.append(batch)
+                taken += batch.num_rows
+    return pa.Table.from_batches(batches) if batches else SCHEMA.empty_table()
+
+
 def count_rows(paths: list[Path]) -> int:
     return sum(open_file(p).metadata.num_rows for p in paths)
