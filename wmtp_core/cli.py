@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _input_errors() -> tuple[type[BaseException], ...]:
+    # The library's errors about its inputs (ValueError subclasses, storage and sandbox errors) all name the
+    # file, row, key or parameter at fault; a traceback would only bury that.
+    from wmtp_core.eval.sandbox import SandboxError
+    from wmtp_core.storage import StorageError
+
+    return (ValueError, StorageError, SandboxError, FileNotFoundError)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _input_errors() as e:
+            if os.environ.get("WMTP_DEBUG"):
+                raise
+            raise click.ClickException(f"{e}\n(set WMTP_DEBUG=1 for the traceback)") from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """WMTP: weighted multi-token prediction for code models."""
+    """WMTP: weighted multi-token prediction for code models.
+
+    Errors in inputs are reported in one line naming the file, row or key; WMTP_DEBUG=1 shows the traceback.
+    """
 
 
 def _register() -> None:
