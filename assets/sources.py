@@ -13,7 +13,13 @@ import pyarrow.parquet as pq
 from assets._common import asset_metadata, markdown_table
 from dagster_defs.resources import ParamsResource, StorageResource
 from wmtp_core.data import demo
-from wmtp_core.data.codecontests import check_schema, find_split_files, read_batches, read_problems
+from wmtp_core.data.codecontests import (
+    check_schema,
+    count_rows,
+    find_split_files,
+    read_batches,
+    read_problems,
+)
 from wmtp_core.data.codecontests_schema import DIFFICULTIES, SCHEMA
 from wmtp_core.data.judge import check_labels
 from wmtp_core.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
@@ -118,7 +124,7 @@ def codecontests_labels_agree(storage: StorageResource, params: ParamsResource) 
         passed=not disagreements,
         metadata={
             "problems_checked": table.num_rows,
-            "problems": _raw_counts(directory)["problems"],
+            "problems": count_rows([p for paths in find_split_files(directory).values() for p in paths]),
             "disagreements": len(disagreements),
             "details": dg.MetadataValue.md("\n".join(f"- {d}" for d in disagreements[:50]) or "_none_"),
         },

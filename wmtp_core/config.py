@@ -8,6 +8,7 @@ descendants.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -125,6 +126,7 @@ class ReferenceModelParams(Section):
         return self
 
 
+@functools.cache
 def _build_params() -> type[Section]:
     """The root model: one field per section. Built on first use because the data and evaluation sections live
     beside their code (wmtp_core/data/params.py, wmtp_core/eval/params.py) and import `Section` from here."""
@@ -159,15 +161,9 @@ def _build_params() -> type[Section]:
     )
 
 
-_params_model: type[Section] | None = None
-
-
 def __getattr__(name: str) -> Any:
-    global _params_model
     if name == "Params":
-        if _params_model is None:
-            _params_model = _build_params()
-        return _params_model
+        return _build_params()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -199,6 +195,6 @@ def load_params(path: str | Path) -> Any:
             f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}"
         )
     try:
-        return __getattr__("Params").model_validate(raw)
+        return _build_params().model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(str(path), e)) from e

@@ -111,16 +111,10 @@ def pipeline(tmp_path_factory, repo_root: Path) -> Pipeline:
     # The pipeline's mechanics do not depend on how many completions are sampled: a smaller evaluation than the
     # embedded default (which `make demo` runs) keeps this test short.
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    if "evaluation" in params:
-        params["evaluation"].update(
-            n_samples=2,
-            k=[1, 2],
-            limit=2,
-            max_new_tokens=16,
-            speculative_prompts=1,
-            speculative_max_new_tokens=8,
-        )
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params["evaluation"].update(
+        n_samples=2, k=[1, 2], limit=2, max_new_tokens=16, speculative_prompts=1, speculative_max_new_tokens=8
+    )
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = Pipeline(repo, env, "")
     p.run("git", "init", "-q")
     p.run("git", "add", "-A")

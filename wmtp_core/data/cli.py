@@ -55,14 +55,11 @@ def check_labels_command(source_dir: str, limit: int | None, timeout: float, wor
     Prints each solution whose outcome contradicts its label (a correct one failing a test, an incorrect one
     passing them all), then a JSON summary; exits 1 when any label disagrees.
     """
-    from wmtp_core.data.codecontests import CodeContestsError, read_problems
+    from wmtp_core.data.codecontests import read_problems
     from wmtp_core.data.judge import check_labels
     from wmtp_core.eval import sandbox
 
-    try:
-        table = read_problems(source_dir, limit)
-    except CodeContestsError as e:
-        raise click.ClickException(str(e)) from e
+    table = read_problems(source_dir, limit)
     found = check_labels(table, timeout_s=timeout, workers=workers, runner=sandbox.run, progress=not no_progress)
     for disagreement in found:
         click.echo(str(disagreement))

