@@ -9,6 +9,7 @@ import base64
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pyarrow.parquet as pq
 
 from assets._common import asset_metadata, markdown_table
@@ -108,7 +109,7 @@ def codecontests_index(storage: StorageResource, params: ParamsResource) -> dg.M
     out = storage.asset_dir(GROUP, "codecontests_index")
     manifest = publish(out, lambda tmp: {"rows": build_index(processed, tmp / INDEX_FILE, p.splits)},
                        params=p.model_dump(mode="json"))  # fmt: skip
-    index = read_index(out / INDEX_FILE)
+    index = pl.from_arrow(read_index(out / INDEX_FILE))
     summary = (index.group_by("split", "is_correct").len().sort("split", "is_correct").to_dicts())
     meta = asset_metadata(out, manifest, preview=markdown_table(index.head(10).to_dicts()))
     meta["rows_by_split_and_label"] = dg.MetadataValue.md(markdown_table(summary))
@@ -118,7 +119,7 @@ def codecontests_index(storage: StorageResource, params: ParamsResource) -> dg.M
 @dg.asset_check(asset=codecontests_index, description="The index has one row per processed row, with equal values.")
 def codecontests_index_matches(storage: StorageResource) -> dg.AssetCheckResult:
     processed = storage.asset_dir(GROUP, "codecontests_processed")
-    index = read_index(storage.asset_dir(GROUP, "codecontests_index") / INDEX_FILE)
+    index = pl.from_arrow(read_index(storage.asset_dir(GROUP, "codecontests_index") / INDEX_FILE))
     problems = []
     for split in index["split"].cast(str).unique().to_list():
         cols = ["row_id", "problem_id", "is_correct", "difficulty", "n_tokens"]

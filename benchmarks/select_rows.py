@@ -99,9 +99,20 @@ def generate(workdir: Path, n_rows: int, seed: int, compression: str) -> None:
     build_index(workdir, workdir / "index.parquet", splits=("train",))
 
 
-def run_parquet(workdir: Path, n_select: int, seed: int) -> dict:
-    # Library imports sit outside the timed part, as `json` does for the JSONL approach (a trainer has them
-    # loaded already); their memory is in the peak RSS all the same.
+def setup_parquet() -> None:
+    """Load what the Parquet approach uses: the libraries, and Arrow's compute kernels (registered on first use)."""
+    import numpy  # noqa: F401
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    import wmtp_core.data.index  # noqa: F401
+    import wmtp_core.data.params  # noqa: F401
+    import wmtp_core.data.sampling  # noqa: F401
+
+    pc.equal(pa.array([1]), 1)
+
+
+def run_parquet(workdir: Path, n_select: int, seed: int, threads: int | None = None) -> dict:
     import numpy as np
     import pyarrow.compute as pc
 
@@ -115,11 +126,17 @@ def run_parquet(workdir: Path, n_select: int, seed: int) -> dict:
         n_samples=n_select, correct_ratio=0.5, difficulty_range=(0, 28), match_length=False, seed=seed
     )
     ids = sample_stage1(index, cfg)
-    rows = read_rows([workdir / "train.parquet"], ids)
+    del index  # a trainer keeps the chosen ids, not the index
+    rows = read_rows([workdir / "train.parquet"], ids, threads=threads)
     # The materialized rows are the Arrow table; check them without copying them into Python objects.
     assert np.array_equal(rows["row_id"].to_numpy(), ids)
     chars = pc.sum(pc.utf8_length(rows["output"])).as_py()
     return {"seconds": time.perf_counter() - t0, "rows": rows.num_rows, "output_chars": chars}
+
+
+def setup_jsonl() -> None:
+    import json  # noqa: F401
+    import random  # noqa: F401
 
 
 def run_jsonl(workdir: Path, n_select: int, seed: int, parse_every_line: bool = False) -> dict:
@@ -156,26 +173,30 @@ def run_jsonl(workdir: Path, n_select: int, seed: int, parse_every_line: bool = 
     return {"seconds": time.perf_counter() - t0, "rows": len(rows), "output_chars": chars}
 
 
-def peak_rss_mb() -> float:
-    # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across fork + exec.
+def rss_mb(field: str) -> float:
+    # VmHWM (peak) belongs to this process image; ru_maxrss would carry the parent's peak across fork + exec.
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line (Linux only)")
+    raise RuntimeError(f"/proc/self/status has no {field} line (Linux only)")
 
 
-def child(approach: str, workdir: Path, n_select: int, seed: int) -> None:
+def child(approach: str, workdir: Path, n_select: int, seed: int, threads: int | None) -> None:
+    t0 = time.perf_counter()
+    setup_parquet() if approach == "parquet" else setup_jsonl()
+    setup = {"setup_seconds": time.perf_counter() - t0, "setup_rss_mb": rss_mb("VmRSS")}
     if approach == "parquet":
-        result = run_parquet(workdir, n_select, seed)
+        result = run_parquet(workdir, n_select, seed, threads)
     else:
         result = run_jsonl(workdir, n_select, seed, parse_every_line=approach == "jsonl_parse_every_line")
-    result["peak_rss_mb"] = peak_rss_mb()
+    result.update(setup, peak_rss_mb=rss_mb("VmHWM"))
+    result["work_peak_mb"] = result["peak_rss_mb"] - result["setup_rss_mb"]
     print(json.dumps(result))
 
 
-def measure(approach: str, workdir: Path, n_select: int, seed: int) -> dict:
+def measure(approach: str, workdir: Path, n_select: int, seed: int, threads: int | None) -> dict:
     cmd = [sys.executable, __file__, "--child", approach, "--workdir", str(workdir), "--select", str(n_select),
-           "--seed", str(seed)]  # fmt: skip
+           "--seed", str(seed)] + (["--threads", str(threads)] if threads else [])  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -194,7 +215,8 @@ def main() -> None:
         "--compression", default="lz4", help="Parquet codec, as codecontests_processed.compression"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="runs per approach; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per approach; the lowest of each figure counts")
+    parser.add_argument("--threads", type=int, default=None, help="read_rows threads (default: its own)")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep the generated files here (reused if present)"
     )
@@ -203,7 +225,7 @@ def main() -> None:
     if args.select is None:
         args.select = args.rows // 10
     if args.child:
-        child(args.child, args.workdir, args.select, args.seed)
+        child(args.child, args.workdir, args.select, args.seed, args.threads)
         return
     if args.select > args.rows // 2:
         parser.error(
@@ -225,8 +247,8 @@ def main() -> None:
         results = {}
         for approach in ("jsonl", "parquet", "jsonl_parse_every_line"):
             repeats = 1 if approach == "jsonl_parse_every_line" else args.repeats  # slow, and only for context
-            runs = [measure(approach, workdir, args.select, args.seed) for _ in range(repeats)]
-            results[approach] = min(runs, key=lambda r: r["seconds"])
+            runs = [measure(approach, workdir, args.select, args.seed, args.threads) for _ in range(repeats)]
+            results[approach] = {k: min(r[k] for r in runs) if isinstance(v, float) else v for k, v in runs[0].items()}
             print(approach, results[approach], file=sys.stderr)
         pq_, js, naive = results["parquet"], results["jsonl"], results["jsonl_parse_every_line"]
         assert pq_["rows"] == js["rows"] == args.select
@@ -235,6 +257,7 @@ def main() -> None:
             "selected": args.select,
             "speedup_vs_jsonl": round(js["seconds"] / pq_["seconds"], 2),
             "peak_mem_ratio_vs_jsonl": round(pq_["peak_rss_mb"] / js["peak_rss_mb"], 3),
+            "work_mem_ratio_vs_jsonl": round(pq_["work_peak_mb"] / js["work_peak_mb"], 3),
             "speedup_vs_jsonl_parse_every_line": round(naive["seconds"] / pq_["seconds"], 2),
             "parquet": pq_,
             "jsonl": js,

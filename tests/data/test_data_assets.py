@@ -63,10 +63,10 @@ def test_checks_pass_including_decontamination(materialized):
 def test_index_drives_read_rows(materialized):
     storage, _ = materialized
     index = read_index(storage / "data" / "codecontests_index" / "index.parquet", split="train")
-    picked = index["row_id"].to_list()[::2]
+    picked = index["row_id"].to_pylist()[::2]
     rows = read_rows([storage / "data" / "codecontests_processed" / "train.parquet"], picked)
     assert rows["row_id"].to_pylist() == picked
-    assert rows["n_tokens"].to_pylist() == index["n_tokens"].to_list()[::2]
+    assert rows["n_tokens"].to_pylist() == index["n_tokens"].to_pylist()[::2]
 
 
 def test_a_leaked_prompt_is_found_through_case_and_spacing(materialized, tmp_path):

@@ -82,10 +82,11 @@ def test_files_stats_schema_histogram_index_and_manifest(processed):
     assert [c["name"] for c in schema["columns"]] == PROCESSED_SCHEMA.names
     assert (out / "n_tokens_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     index = read_index(out / "index.parquet")
-    assert index.columns == ["split", *INDEX_COLUMNS] and index.height == 10
+    assert index.column_names == ["split", *INDEX_COLUMNS] and index.num_rows == 10
     train = read_index(out / "index.parquet", split="train")
-    assert train["row_id"].to_list() == list(range(6))
-    assert train["n_tokens"].to_list() == [r["n_tokens"] for r in rows(out, "train")]
+    assert train["row_id"].to_pylist() == list(range(6))
+    assert train["n_tokens"].to_pylist() == [r["n_tokens"] for r in rows(out, "train")]
+    assert read_index(out / "index.parquet", split="nonexistent").num_rows == 0
 
 
 def test_max_tokens_drops_more_rows(tmp_path, llama2):

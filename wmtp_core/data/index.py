@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import polars as pl
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wmtp_core.data.codecontests_schema import SPLITS
@@ -41,18 +42,33 @@ def build_index(processed_dir: str | Path, out_file: str | Path, splits: Iterabl
     return index.num_rows
 
 
-def read_index(path: str | Path, split: str | None = None) -> pl.DataFrame:
-    """The index (optionally one split) as a polars frame; `sampling` takes it as is."""
+def read_index(path: str | Path, split: str | None = None) -> pa.Table:
+    """The index (optionally one split) as an Arrow table; `sampling` takes it as is.
+
+    `split` and `problem_id` come back dictionary-encoded, as stored: a sampler needs only their codes, and a
+    3.7M-row index stays a few tens of MB.
+    """
     path = Path(path)
     if not path.is_file():
         raise IndexFileError(f"{path}: index file missing (materialize codecontests_index first)")
-    table = pl.read_parquet(path)
-    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in table.columns]
+    pf = pq.ParquetFile(path, read_dictionary=["split", "problem_id"])
+    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in pf.schema_arrow.names]
     if missing:
         raise IndexFileError(f"{path}: index lacks columns {missing}")
-    if split is not None:
-        table = table.filter(pl.col("split").cast(pl.String) == split)
-    return table
+    table = pf.read(columns=["split", *INDEX_COLUMNS], use_threads=False).unify_dictionaries().combine_chunks()
+    return table if split is None else table.filter(equals(table["split"], split))
+
+
+def equals(column: pa.ChunkedArray, value: str) -> np.ndarray:
+    """Which rows of a string column hold `value`; a dictionary column is compared by code, never decoded."""
+    parts = [np.zeros(0, bool)]
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            code = chunk.dictionary.index(value).as_py()  # -1 when absent: no index equals it
+            parts.append(pc.fill_null(pc.equal(chunk.indices, code), False).to_numpy(zero_copy_only=False))
+        else:
+            parts.append(pc.fill_null(pc.equal(chunk, value), False).to_numpy(zero_copy_only=False))
+    return np.concatenate(parts)
 
 
 def text_hashes(parquet_paths: Iterable[str | Path], column: str) -> set[str]:

@@ -8,14 +8,17 @@ with its own weights.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wmtp_core.data.index import equals
 from wmtp_core.data.params import CurriculumPhase, Stage1Sampling, Stage2Sampling
 
 
@@ -23,17 +26,26 @@ class SamplingError(ValueError):
     """The index cannot satisfy the requested sample; the message names the parameter and what is available."""
 
 
-def _columns(index: pa.Table | pl.DataFrame, split: str) -> dict[str, np.ndarray]:
-    df = index if isinstance(index, pl.DataFrame) else pl.from_arrow(index)
-    if "split" in df.columns:
-        df = df.filter(pl.col("split").cast(pl.String) == split)
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Integer codes of a string or dictionary column: equal codes for equal values."""
+    array = column.combine_chunks()
+    if not pa.types.is_dictionary(array.type):
+        array = array.dictionary_encode()
+    return array.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _columns(index: pa.Table, split: str) -> dict[str, np.ndarray]:
+    if not isinstance(index, pa.Table):  # a polars or pandas frame
+        index = index.to_arrow() if hasattr(index, "to_arrow") else pa.Table.from_pandas(index)
+    if "split" in index.column_names:
+        index = index.filter(equals(index["split"], split))
     return {
-        "row_id": df["row_id"].cast(pl.Int64).to_numpy(),
+        "row_id": index["row_id"].to_numpy().astype(np.int64),
         # Any integer code per problem will do: only equality between problems matters.
-        "problem": df["problem_id"].cast(pl.String).cast(pl.Categorical).to_physical().cast(pl.Int64).to_numpy(),
-        "is_correct": df["is_correct"].to_numpy().astype(bool),
-        "difficulty": df["difficulty"].cast(pl.Int64).to_numpy(),
-        "n_tokens": df["n_tokens"].cast(pl.Int64).to_numpy(),
+        "problem": _codes(index["problem_id"]),
+        "is_correct": index["is_correct"].to_numpy().astype(bool),
+        "difficulty": index["difficulty"].to_numpy().astype(np.int64),
+        "n_tokens": index["n_tokens"].to_numpy().astype(np.int64),
     }
 
 
@@ -85,7 +97,7 @@ def _length_matched(correct: np.ndarray, incorrect: np.ndarray, n_correct: int, 
     return draw(correct, c_bin, c_avail, n_correct), draw(incorrect, i_bin, i_avail, n_incorrect)
 
 
-def sample_stage1(index: pa.Table | pl.DataFrame, cfg: Stage1Sampling) -> np.ndarray:
+def sample_stage1(index: pa.Table, cfg: Stage1Sampling) -> np.ndarray:
     """Row ids (of `cfg.split`) for critic pretraining, shuffled."""
     rng = np.random.default_rng(cfg.seed)
     cols = _columns(index, cfg.split)
@@ -118,7 +130,7 @@ def _phase_counts(n: int, phases: Sequence[CurriculumPhase]) -> list[int]:
     return np.diff(np.r_[0, ends]).tolist()
 
 
-def sample_stage2(index: pa.Table | pl.DataFrame, cfg: Stage2Sampling) -> np.ndarray:
+def sample_stage2(index: pa.Table, cfg: Stage2Sampling) -> np.ndarray:
     """Row ids in training order: phase by phase, each drawn from the difficulty bins by that phase's weights."""
     rng = np.random.default_rng(cfg.seed)
     cols = _columns(index, cfg.split)
@@ -149,12 +161,7 @@ def sample_stage2(index: pa.Table | pl.DataFrame, cfg: Stage2Sampling) -> np.nda
     return cols["row_id"][np.concatenate(order)]
 
 
-def _row_counts(parquet_paths: Sequence[str | Path]) -> list[int]:
-    return [pl.scan_parquet(p).select(pl.len()).collect().item() for p in parquet_paths]
-
-
-def _check_row_id_statistics(path: Path) -> None:
-    meta = pq.ParquetFile(path).metadata
+def _check_row_id_statistics(path: Path, meta: pq.FileMetaData) -> None:
     column = meta.schema.to_arrow_schema().get_field_index("row_id")
     start = 0
     for g in range(meta.num_row_groups):
@@ -170,71 +177,90 @@ def _check_row_id_statistics(path: Path) -> None:
         start += group.num_rows
 
 
-def _read_file_rows(path: Path, local: np.ndarray, columns: list[str]) -> pa.Table:
-    """Rows at sorted positions `local` of one file, via a filter on its `row_id` column when it has one.
-
-    Polars applies that filter before decoding the other columns, so the text of unselected rows is never
-    materialized. Description and examples repeat per problem: they are read once per problem and returned
-    dictionary-encoded rather than copied per row.
-    """
-    scan = pl.scan_parquet(path)
-    names = scan.collect_schema().names()
-    unknown = [c for c in columns if c not in names]
-    if unknown:
-        raise SamplingError(f"{path}: no column(s) {unknown}; columns are {names}")
-    # Filtering on the stored `row_id` lets polars skip decoding the other columns of unselected rows (a row
-    # index column would turn that off); the row-group statistics and the rows found show it is the position.
-    if "row_id" in names:
-        _check_row_id_statistics(path)
-        key = pl.col("row_id")
-    else:
-        scan = scan.with_row_index("__row_id")
-        key = pl.col("__row_id").cast(pl.Int64)
-    shared = [c for c in columns if c in _SHARED_COLUMNS and "problem_id" in names]
-    per_row = [c for c in columns if c not in shared]
-    wanted = pl.Series(local, dtype=pl.Int64).implode()
-    extra = [c for c in ("problem_id",) if shared and c not in per_row]
-    rows = scan.filter(key.is_in(wanted)).select([key.alias("__position"), *per_row, *extra]).collect()
-    found = rows["__position"].to_numpy()
-    if not np.array_equal(found, local):
-        raise SamplingError(
-            f"{path}: asked for {len(local)} rows by row_id, found {len(found)} that do not match (row_id must be "
-            "the row position, unique and increasing)"
-        )
-    table = rows.select(per_row).to_arrow()
-    if shared:
-        firsts = rows.unique("problem_id", keep="first", maintain_order=True)["__position"].cast(pl.Int64)
-        texts = scan.filter(key.is_in(firsts.implode())).select(
-            ["problem_id", *shared]).collect()  # fmt: skip
-        codes = rows["problem_id"].replace_strict(texts["problem_id"], pl.int_range(texts.height, eager=True),
-                                                  return_dtype=pl.Int32).to_arrow()  # fmt: skip
-        for name in shared:
-            values = pa.DictionaryArray.from_arrays(codes, texts[name].to_arrow().cast(pa.string()))
-            table = table.append_column(name, values)
-    return table.select(columns)
-
-
+# Description and examples repeat for every solution of a problem: read as dictionaries, they are decoded once
+# per problem and row group instead of once per row.
 _SHARED_COLUMNS = ("instruction", "input")
 
 
+class _Source:
+    """One Parquet file of rows: its row groups, and one reader per thread (a reader is not shared by threads)."""
+
+    def __init__(self, path: Path, columns: list[str] | None):
+        self.path = path
+        self.meta = pq.read_metadata(path)
+        names = self.meta.schema.to_arrow_schema().names
+        unknown = [c for c in columns or () if c not in names]
+        if unknown:
+            raise SamplingError(f"{path}: no column(s) {unknown}; columns are {names}")
+        self.columns = list(columns) if columns else names
+        self.has_row_id = "row_id" in names
+        if self.has_row_id:
+            _check_row_id_statistics(path, self.meta)
+        self.starts = np.r_[0, np.cumsum([self.meta.row_group(g).num_rows for g in range(self.meta.num_row_groups)])]
+        self._local = threading.local()
+
+    def _reader(self) -> pq.ParquetFile:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            shared = [c for c in _SHARED_COLUMNS if c in self.columns]
+            reader = self._local.reader = pq.ParquetFile(self.path, metadata=self.meta, read_dictionary=shared)
+        return reader
+
+    def read(self, group: int, positions: np.ndarray) -> pa.Table:
+        """Rows at sorted file positions `positions`, all in row group `group`."""
+        extra = ["row_id"] if self.has_row_id and "row_id" not in self.columns else []
+        table = self._reader().read_row_group(group, columns=self.columns + extra, use_threads=False)
+        table = table.take(pa.array(positions - self.starts[group]))
+        if self.has_row_id and not np.array_equal(table["row_id"].to_numpy(), positions):
+            raise SamplingError(f"{self.path}: row group {group} holds row_id values that are not the row positions "
+                                "(row_id must be the row position, unique and increasing)")  # fmt: skip
+        return table.select(self.columns)
+
+
 def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.ndarray,
-              columns: Sequence[str] | None = None) -> pa.Table:  # fmt: skip
+              columns: Sequence[str] | None = None, threads: int | None = None) -> pa.Table:  # fmt: skip
     """Rows `row_ids` (positions in the concatenation of the files) in the requested order, repeats included.
 
-    Only the selected rows are decoded (see `_read_file_rows`); the table is never loaded whole.
+    Only the row groups holding chosen rows are read, one at a time per thread (`threads`: default up to 4, as
+    CPUs allow), and only their chosen rows are kept, so memory holds the result plus a row group per thread.
+    `instruction` and `input` come back dictionary-encoded (see `_SHARED_COLUMNS`).
     """
-    paths = [Path(p) for p in parquet_paths]
+    sources = [_Source(Path(p), list(columns) if columns else None) for p in parquet_paths]
+    if columns is None and sources:
+        for s in sources[1:]:
+            s.columns = sources[0].columns
     ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
-    bounds = np.r_[0, np.cumsum(_row_counts(paths))]
+    bounds = np.r_[0, np.cumsum([s.meta.num_rows for s in sources])]
     total = int(bounds[-1])
     if ids.size and (ids.min() < 0 or ids.max() >= total):
         bad = int(ids[(ids < 0) | (ids >= total)][0])
-        raise SamplingError(f"row id {bad} is outside 0..{total - 1} of {[str(p) for p in paths]}")
-    names = list(columns) if columns else pl.scan_parquet(paths[0]).collect_schema().names()
+        raise SamplingError(f"row id {bad} is outside 0..{total - 1} of {[str(s.path) for s in sources]}")
     unique, inverse = np.unique(ids, return_inverse=True)
+    jobs = []
     file_of = np.searchsorted(bounds, unique, "right") - 1
-    pieces = [_read_file_rows(paths[f], unique[file_of == f] - bounds[f], names) for f in np.unique(file_of)]
-    if not pieces:
-        return pl.scan_parquet(paths[0]).select(names).head(0).collect().to_arrow()
-    table = pa.concat_tables(pieces, promote_options="permissive") if len(pieces) > 1 else pieces[0]
-    return table if np.array_equal(inverse, np.arange(len(unique))) else table.take(pa.array(inverse))
+    for f in np.unique(file_of):
+        local = unique[file_of == f] - bounds[f]
+        group_of = np.searchsorted(sources[f].starts, local, "right") - 1
+        cuts = np.flatnonzero(np.diff(group_of)) + 1
+        jobs += [(sources[f], int(group_of[first]), part) for first, part in zip(np.r_[0, cuts], np.split(local, cuts),
+                                                                                    strict=True)]  # fmt: skip
+    if not jobs:
+        return sources[0]._reader().schema_arrow.empty_table().select(sources[0].columns)
+    workers = max(1, min(threads or min(4, os.cpu_count() or 1), len(jobs)))
+    if workers == 1:  # in this thread, whose allocator already holds the memory the index and sampler freed
+        pieces = [source.read(group, positions) for source, group, positions in jobs]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            pieces = list(pool.map(lambda job: job[0].read(job[1], job[2]), jobs))
+    if np.array_equal(inverse, np.arange(len(unique))):  # asked in file order: the pieces are the answer
+        return pa.concat_tables(pieces, promote_options="permissive")
+    # Reorder column by column, dropping each column once taken: memory holds the rows once, plus one column of
+    # them twice, instead of the whole table twice.
+    table = pa.concat_tables(pieces, promote_options="permissive").unify_dictionaries()
+    del pieces
+    order = pa.array(inverse)
+    schema, columns_out = table.schema, []
+    for name in schema.names:
+        columns_out.append(table.column(name).combine_chunks().take(order))
+        table = table.drop_columns([name])
+    return pa.table(columns_out, schema=schema)
