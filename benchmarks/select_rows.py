@@ -3,14 +3,18 @@
 A synthetic CodeContests-shaped table (one row per solution, descriptions repeated for every solution of their
 problem, text lengths drawn around CodeContests' medians) is written twice: as `codecontests_processed` Parquet +
 `codecontests_index`, and as JSONL + a JSON metadata file. Each approach then runs in its own subprocess (so its
-peak RSS is its own): choose `--select` rows, half correct and half incorrect, and materialize them in memory.
+peak RSS is its own): choose `--select` rows, half correct and half incorrect, and materialize them in memory in
+the sampled (training) order.
 
     python benchmarks/select_rows.py --rows 500000          # the issue's size: 50,000 of 500,000 rows
     python benchmarks/select_rows.py                         # default: 20,000 of 200,000 rows, about a minute
 
-The JSONL baseline parses only the chosen lines (its fastest form); the common loader that parses every line
-is measured once more for context. Last line: JSON with rows, selected, speedup_vs_jsonl,
-peak_mem_ratio_vs_jsonl (both against the fast baseline), speedup_vs_jsonl_parse_every_line and raw figures.
+Each process first loads what its approach uses (setup: imports and, for Parquet, Arrow's compute kernels, which
+register on first use); seconds count the work after that. The JSONL baseline parses only the chosen lines (its
+fastest form); the common loader that parses every line is measured once more for context. With `--repeats N`
+each figure is the lowest of N runs. Last line: JSON with rows, selected, speedup_vs_jsonl and
+peak_mem_ratio_vs_jsonl (peak RSS of the whole process) against the fast baseline, work_mem_ratio_vs_jsonl (peak
+RSS above the RSS after setup), speedup_vs_jsonl_parse_every_line, and the raw figures.
 """
 
 from __future__ import annotations
@@ -81,9 +85,12 @@ def generate(workdir: Path, n_rows: int, seed: int, compression: str) -> None:
                 "n_tokens": (lengths // 3 + desc_len // 4 + 30).clip(0, 2048).tolist(),
             }
             pending.append(pa.table(cols, schema=PROCESSED_SCHEMA))
-            if sum(t.num_rows for t in pending) >= ROW_GROUP_SIZE or row + n >= n_rows:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_SIZE)
-                pending = []
+            held = sum(t.num_rows for t in pending)
+            if held >= ROW_GROUP_SIZE or row + n >= n_rows:  # full row groups, as `codecontests_processed` writes
+                table = pa.concat_tables(pending)
+                full = held if row + n >= n_rows else held - held % ROW_GROUP_SIZE
+                writer.write_table(table.slice(0, full), row_group_size=ROW_GROUP_SIZE)
+                pending = [table.slice(full)] if full < held else []
             for i in range(n):
                 record = {k: v[i] for k, v in cols.items()}
                 jsonl.write(json.dumps(record) + "\n")
@@ -234,7 +241,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="select_rows_"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        stamp = workdir / f"generated-{args.rows}-{args.seed}-{args.compression}"
+        stamp = workdir / f"generated-v2-{args.rows}-{args.seed}-{args.compression}"
         if not stamp.exists():
             for old in workdir.glob("generated-*"):
                 old.unlink()

@@ -56,7 +56,10 @@ def read_index(path: str | Path, split: str | None = None) -> pa.Table:
     if missing:
         raise IndexFileError(f"{path}: index lacks columns {missing}")
     table = pf.read(columns=["split", *INDEX_COLUMNS], use_threads=False).unify_dictionaries().combine_chunks()
-    return table if split is None else table.filter(equals(table["split"], split))
+    if split is None:
+        return table
+    in_split = equals(table["split"], split)
+    return table if in_split.all() else table.filter(in_split)
 
 
 def equals(column: pa.ChunkedArray, value: str) -> np.ndarray:

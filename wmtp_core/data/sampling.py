@@ -28,24 +28,30 @@ class SamplingError(ValueError):
 
 def _codes(column: pa.ChunkedArray) -> np.ndarray:
     """Integer codes of a string or dictionary column: equal codes for equal values."""
-    array = column.combine_chunks()
+    array = column.unify_dictionaries().combine_chunks() if pa.types.is_dictionary(column.type) else column.combine_chunks()
     if not pa.types.is_dictionary(array.type):
         array = array.dictionary_encode()
-    return array.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return array.indices.to_numpy(zero_copy_only=False)
+
+
+def _numbers(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
+    return np.asarray(column.to_numpy(), dtype=dtype)  # no copy when the stored type is already `dtype`
 
 
 def _columns(index: pa.Table, split: str) -> dict[str, np.ndarray]:
     if not isinstance(index, pa.Table):  # a polars or pandas frame
         index = index.to_arrow() if hasattr(index, "to_arrow") else pa.Table.from_pandas(index)
     if "split" in index.column_names:
-        index = index.filter(equals(index["split"], split))
+        in_split = equals(index["split"], split)
+        if not in_split.all():  # `read_index(path, split)` has filtered already: no copy then
+            index = index.filter(in_split)
     return {
-        "row_id": index["row_id"].to_numpy().astype(np.int64),
+        "row_id": _numbers(index["row_id"], np.int64),
         # Any integer code per problem will do: only equality between problems matters.
         "problem": _codes(index["problem_id"]),
-        "is_correct": index["is_correct"].to_numpy().astype(bool),
-        "difficulty": index["difficulty"].to_numpy().astype(np.int64),
-        "n_tokens": index["n_tokens"].to_numpy().astype(np.int64),
+        "is_correct": _numbers(index["is_correct"], bool),
+        "difficulty": _numbers(index["difficulty"], np.int64),
+        "n_tokens": _numbers(index["n_tokens"], np.int64),
     }
 
 
@@ -222,8 +228,8 @@ def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.n
     """Rows `row_ids` (positions in the concatenation of the files) in the requested order, repeats included.
 
     Only the row groups holding chosen rows are read, one at a time per thread (`threads`: default up to 4, as
-    CPUs allow), and only their chosen rows are kept, so memory holds the result plus a row group per thread.
-    `instruction` and `input` come back dictionary-encoded (see `_SHARED_COLUMNS`).
+    CPUs allow), and only their chosen rows are kept; the table is never loaded whole. `instruction` and `input`
+    come back dictionary-encoded (see `_SHARED_COLUMNS`).
     """
     sources = [_Source(Path(p), list(columns) if columns else None) for p in parquet_paths]
     if columns is None and sources:
@@ -254,13 +260,15 @@ def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.n
             pieces = list(pool.map(lambda job: job[0].read(job[1], job[2]), jobs))
     if np.array_equal(inverse, np.arange(len(unique))):  # asked in file order: the pieces are the answer
         return pa.concat_tables(pieces, promote_options="permissive")
-    # Reorder column by column, dropping each column once taken: memory holds the rows once, plus one column of
-    # them twice, instead of the whole table twice.
+    # Reorder column by column, each read column dropped before its reordered copy is made: memory holds the rows
+    # once, plus one column of them twice, instead of the whole table twice.
     table = pa.concat_tables(pieces, promote_options="permissive").unify_dictionaries()
     del pieces
     order = pa.array(inverse)
     schema, columns_out = table.schema, []
     for name in schema.names:
-        columns_out.append(table.column(name).combine_chunks().take(order))
+        column = table.column(name).combine_chunks()
         table = table.drop_columns([name])
+        columns_out.append(column.take(order))
+        del column
     return pa.table(columns_out, schema=schema)
