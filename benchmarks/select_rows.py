@@ -3,8 +3,10 @@
 A synthetic CodeContests-shaped table (one row per solution, descriptions repeated for every solution of their
 problem, text lengths drawn around CodeContests' medians) is written twice: as `codecontests_processed` Parquet +
 `codecontests_index`, and as JSONL + a JSON metadata file. Each approach then runs in its own subprocess (so its
-peak RSS is its own): choose `--select` rows, half correct and half incorrect, and materialize them in memory in
-the sampled (training) order.
+peak RSS is its own): choose `--select` rows, half correct and half incorrect, and materialize them in memory.
+By default both hold the chosen rows in file order: a trainer takes its order batch by batch through positions
+(`RankSharder`, then `table.take`), so it never needs a second, reordered copy; `--order training` asks both for
+the rows in the sampled order instead.
 
     python benchmarks/select_rows.py --rows 500000          # the issue's size: 50,000 of 500,000 rows
     python benchmarks/select_rows.py                         # default: 20,000 of 200,000 rows, about a minute
@@ -119,7 +121,7 @@ def setup_parquet() -> None:
     pc.equal(pa.array([1]), 1)
 
 
-def run_parquet(workdir: Path, n_select: int, seed: int, threads: int | None = None) -> dict:
+def run_parquet(workdir: Path, n_select: int, seed: int, threads: int | None = None, order: str = "file") -> dict:
     import numpy as np
     import pyarrow.compute as pc
 
@@ -133,6 +135,8 @@ def run_parquet(workdir: Path, n_select: int, seed: int, threads: int | None = N
         n_samples=n_select, correct_ratio=0.5, difficulty_range=(0, 28), match_length=False, seed=seed
     )
     ids = sample_stage1(index, cfg)
+    if order == "file":
+        ids = np.sort(ids)
     del index  # a trainer keeps the chosen ids, not the index
     rows = read_rows([workdir / "train.parquet"], ids, threads=threads)
     # The materialized rows are the Arrow table; check them without copying them into Python objects.
@@ -146,7 +150,7 @@ def setup_jsonl() -> None:
     import random  # noqa: F401
 
 
-def run_jsonl(workdir: Path, n_select: int, seed: int, parse_every_line: bool = False) -> dict:
+def run_jsonl(workdir: Path, n_select: int, seed: int, parse_every_line: bool = False, order: str = "file") -> dict:
     """The baseline: choose from the JSON metadata, then one pass over every line of the JSONL file.
 
     By default only the chosen lines are parsed (the fastest form of the approach); `parse_every_line` is the
@@ -161,6 +165,8 @@ def run_jsonl(workdir: Path, n_select: int, seed: int, parse_every_line: bool = 
     rng = random.Random(seed)
     ids = rng.sample(correct, n_select // 2) + rng.sample(incorrect, n_select - n_select // 2)
     rng.shuffle(ids)
+    if order == "file":
+        ids.sort()
     wanted = set(ids)
     by_id = {}
     if parse_every_line:
@@ -188,22 +194,22 @@ def rss_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field} line (Linux only)")
 
 
-def child(approach: str, workdir: Path, n_select: int, seed: int, threads: int | None) -> None:
+def child(approach: str, workdir: Path, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     setup_parquet() if approach == "parquet" else setup_jsonl()
     setup = {"setup_seconds": time.perf_counter() - t0, "setup_rss_mb": rss_mb("VmRSS")}
     if approach == "parquet":
-        result = run_parquet(workdir, n_select, seed, threads)
+        result = run_parquet(workdir, args.select, args.seed, args.threads, args.order)
     else:
-        result = run_jsonl(workdir, n_select, seed, parse_every_line=approach == "jsonl_parse_every_line")
+        result = run_jsonl(workdir, args.select, args.seed, approach == "jsonl_parse_every_line", args.order)
     result.update(setup, peak_rss_mb=rss_mb("VmHWM"))
     result["work_peak_mb"] = result["peak_rss_mb"] - result["setup_rss_mb"]
     print(json.dumps(result))
 
 
-def measure(approach: str, workdir: Path, n_select: int, seed: int, threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--child", approach, "--workdir", str(workdir), "--select", str(n_select),
-           "--seed", str(seed)] + (["--threads", str(threads)] if threads else [])  # fmt: skip
+def measure(approach: str, workdir: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", approach, "--workdir", str(workdir), "--select", str(args.select),
+           "--seed", str(args.seed), "--order", args.order] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -225,6 +231,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per approach; the lowest of each figure counts")
     parser.add_argument("--threads", type=int, default=None, help="read_rows threads (default: its own)")
     parser.add_argument(
+        "--order", choices=["file", "training"], default="file",
+        help="materialize the chosen rows in file order (default: a trainer applies its order per batch, through "
+        "positions) or in the sampled order",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="keep the generated files here (reused if present)"
     )
     parser.add_argument("--child", choices=["parquet", "jsonl", "jsonl_parse_every_line"], help=argparse.SUPPRESS)
@@ -232,7 +243,7 @@ def main() -> None:
     if args.select is None:
         args.select = args.rows // 10
     if args.child:
-        child(args.child, args.workdir, args.select, args.seed, args.threads)
+        child(args.child, args.workdir, args)
         return
     if args.select > args.rows // 2:
         parser.error(
@@ -254,7 +265,7 @@ def main() -> None:
         results = {}
         for approach in ("jsonl", "parquet", "jsonl_parse_every_line"):
             repeats = 1 if approach == "jsonl_parse_every_line" else args.repeats  # slow, and only for context
-            runs = [measure(approach, workdir, args.select, args.seed, args.threads) for _ in range(repeats)]
+            runs = [measure(approach, workdir, args) for _ in range(repeats)]
             results[approach] = {k: min(r[k] for r in runs) if isinstance(v, float) else v for k, v in runs[0].items()}
             print(approach, results[approach], file=sys.stderr)
         pq_, js, naive = results["parquet"], results["jsonl"], results["jsonl_parse_every_line"]
@@ -262,6 +273,7 @@ def main() -> None:
         print(json.dumps({
             "rows": args.rows,
             "selected": args.select,
+            "order": args.order,
             "speedup_vs_jsonl": round(js["seconds"] / pq_["seconds"], 2),
             "peak_mem_ratio_vs_jsonl": round(pq_["peak_rss_mb"] / js["peak_rss_mb"], 3),
             "work_mem_ratio_vs_jsonl": round(pq_["work_peak_mb"] / js["work_peak_mb"], 3),

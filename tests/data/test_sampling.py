@@ -129,6 +129,10 @@ def test_read_rows_matches_a_full_read(tmp_path):
         assert got[name].to_pylist() == expected[name].to_pylist()
     assert pa.types.is_dictionary(got["instruction"].type)  # read once per problem, not copied per row
     assert got["instruction"].to_pylist() == expected["instruction"].to_pylist()
+    for threads in (1, 3):  # one reader per thread; the rows do not depend on how many
+        assert read_rows(paths, ids, threads=threads).to_pylist() == got.to_pylist()
+    in_file_order = np.unique(ids)  # asked in file order, the rows come back as read, with no reordering copy
+    assert read_rows(paths, in_file_order)["output"].to_pylist() == full.take(in_file_order)["output"].to_pylist()
     assert read_rows(paths, [5], columns=["output"]).column_names == ["output"]
     assert read_rows(paths, []).num_rows == 0
     with pytest.raises(SamplingError, match="row id 2037 is outside 0..2036"):

@@ -109,7 +109,8 @@ def sample_stage1(index: pa.Table, cfg: Stage1Sampling) -> np.ndarray:
     cols = _columns(index, cfg.split)
     lo, hi = cfg.difficulty_range
     eligible = np.flatnonzero((cols["difficulty"] >= lo) & (cols["difficulty"] <= hi))
-    eligible = _cap_per_problem(eligible, cols["problem"], cfg.max_rows_per_problem, rng)
+    if cfg.max_rows_per_problem is not None:  # the rows are drawn from sorted pools below: no order needed here
+        eligible = _cap_per_problem(eligible, cols["problem"], cfg.max_rows_per_problem, rng)
     n_correct = int(round(cfg.n_samples * cfg.correct_ratio))
     n_incorrect = cfg.n_samples - n_correct
     correct = np.sort(eligible[cols["is_correct"][eligible]])
@@ -209,7 +210,7 @@ class _Source:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             shared = [c for c in _SHARED_COLUMNS if c in self.columns]
-            reader = self._local.reader = pq.ParquetFile(self.path, metadata=self.meta, read_dictionary=shared)
+            reader = self._local.reader = pq.ParquetFile(self.path, metadata=self.meta, read_dictionary=shared, pre_buffer=False)
         return reader
 
     def read(self, group: int, positions: np.ndarray) -> pa.Table:
@@ -253,11 +254,20 @@ def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.n
     if not jobs:
         return sources[0]._reader().schema_arrow.empty_table().select(sources[0].columns)
     workers = max(1, min(threads or min(4, os.cpu_count() or 1), len(jobs)))
-    if workers == 1:  # in this thread, whose allocator already holds the memory the index and sampler freed
-        pieces = [source.read(group, positions) for source, group, positions in jobs]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            pieces = list(pool.map(lambda job: job[0].read(job[1], job[2]), jobs))
+    pieces: list[pa.Table] = [None] * len(jobs)  # type: ignore[list-item]
+
+    def share(k: int) -> None:  # every `workers`-th row group: the shares stay equal and in file order
+        for i in range(k, len(jobs), workers):
+            source, group, positions = jobs[i]
+            pieces[i] = source.read(group, positions)
+
+    # This thread takes a share too: its allocator already holds the memory the index and the sampler freed, and
+    # fresh memory (page faults) costs more than the decoding itself.
+    with ThreadPoolExecutor(max(1, workers - 1)) as pool:
+        others = [pool.submit(share, k) for k in range(1, workers)]
+        share(0)
+        for done in others:
+            done.result()
     if np.array_equal(inverse, np.arange(len(unique))):  # asked in file order: the pieces are the answer
         return pa.concat_tables(pieces, promote_options="permissive")
     # Reorder column by column, each read column dropped before its reordered copy is made: memory holds the rows
