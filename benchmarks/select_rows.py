@@ -125,19 +125,16 @@ def run_parquet(workdir: Path, n_select: int, seed: int, threads: int | None = N
     import numpy as np
     import pyarrow.compute as pc
 
-    from wmtp_core.data.index import read_index
     from wmtp_core.data.params import Stage1Sampling
     from wmtp_core.data.sampling import read_rows, sample_stage1
 
     t0 = time.perf_counter()
-    index = read_index(workdir / "index.parquet", split="train")
     cfg = Stage1Sampling(
         n_samples=n_select, correct_ratio=0.5, difficulty_range=(0, 28), match_length=False, seed=seed
     )
-    ids = sample_stage1(index, cfg)
+    ids = sample_stage1(workdir / "index.parquet", cfg)  # reads the split's index columns, a row group at a time
     if order == "file":
         ids = np.sort(ids)
-    del index  # a trainer keeps the chosen ids, not the index
     rows = read_rows([workdir / "train.parquet"], ids, threads=threads)
     # The materialized rows are the Arrow table; check them without copying them into Python objects.
     assert np.array_equal(rows["row_id"].to_numpy(), ids)
@@ -252,7 +249,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="select_rows_"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        stamp = workdir / f"generated-v2-{args.rows}-{args.seed}-{args.compression}"
+        stamp = workdir / f"generated-v3-{args.rows}-{args.seed}-{args.compression}"
         if not stamp.exists():
             for old in workdir.glob("generated-*"):
                 old.unlink()

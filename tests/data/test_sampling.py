@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from wmtp_core.data.index import IndexFileError, sampler_columns
 from wmtp_core.data.params import CurriculumPhase, Stage1Sampling, Stage2Sampling
 from wmtp_core.data.sampling import SamplingError, read_rows, sample_stage1, sample_stage2
 
@@ -106,6 +107,25 @@ def test_stage2_all_rows_and_exhausted_bin():
         Stage2Sampling(curriculum=(CurriculumPhase(until=1.0, weights={"expert": 1.0}),))
     with pytest.raises(ValidationError, match="end at 1.0"):
         Stage2Sampling(curriculum=(CurriculumPhase(until=0.5, weights={"easy": 1.0}),))
+
+
+def test_samplers_read_an_index_file_a_row_group_at_a_time(tmp_path):
+    path = tmp_path / "index.parquet"
+    pq.write_table(INDEX, path, row_group_size=1024)  # the last group mixes train and valid rows
+    cols = sampler_columns(path, "train")
+    assert cols["row_id"].tolist() == ROWS.index.tolist()
+    assert cols["difficulty"].tolist() == ROWS.difficulty.tolist() and cols["n_tokens"].tolist() == ROWS.n_tokens.tolist()
+    assert cols["is_correct"].tolist() == ROWS.is_correct.tolist()
+    same_problem = cols["problem"][:, None] == cols["problem"][None, ::97]  # codes: equal exactly when problems are
+    assert (same_problem == (ROWS.problem_id.to_numpy()[:, None] == ROWS.problem_id.to_numpy()[None, ::97])).all()
+    assert sampler_columns(path, "valid")["row_id"].tolist() == list(range(50))
+    assert sampler_columns(path, "test")["row_id"].size == 0
+    cfg1 = Stage1Sampling(n_samples=600, max_rows_per_problem=10, seed=4)
+    assert np.array_equal(sample_stage1(path, cfg1), sample_stage1(INDEX, cfg1))
+    cfg2 = Stage2Sampling(n_samples=1200, max_rows_per_problem=12, seed=4)
+    assert np.array_equal(sample_stage2(path, cfg2), sample_stage2(INDEX, cfg2))
+    with pytest.raises(IndexFileError, match=r"missing\.parquet: index file missing"):
+        sampler_columns(tmp_path / "missing.parquet", "train")
 
 
 def test_read_rows_matches_a_full_read(tmp_path):

@@ -19,6 +19,7 @@ from wmtp_core.data.prompts import normalized_text_hash
 
 INDEX_FILE = "index.parquet"
 INDEX_COLUMNS = ["row_id", "problem_id", "is_correct", "difficulty", "n_tokens"]
+INDEX_ROW_GROUP = 65536
 
 
 class IndexFileError(ValueError):
@@ -38,7 +39,8 @@ def build_index(processed_dir: str | Path, out_file: str | Path, splits: Iterabl
     index = pa.concat_tables(parts).select(["split", *INDEX_COLUMNS])
     index = index.cast(pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name == "split" else f
                                   for f in index.schema]))  # fmt: skip
-    pq.write_table(index, out_file, compression="zstd")
+    # Row groups of 64K rows: `sampler_columns` decodes one at a time, so its memory is the columns it returns.
+    pq.write_table(index, out_file, compression="zstd", row_group_size=INDEX_ROW_GROUP)
     return index.num_rows
 
 
@@ -60,6 +62,48 @@ def read_index(path: str | Path, split: str | None = None) -> pa.Table:
         return table
     in_split = equals(table["split"], split)
     return table if in_split.all() else table.filter(in_split)
+
+
+def sampler_columns(path: str | Path, split: str) -> dict[str, np.ndarray]:
+    """One split of the index as the arrays a sampler reads, each allocated once and filled a row group at a time.
+
+    Keys: row_id (int64), problem (int32, one code per problem_id), is_correct (bool), difficulty and n_tokens
+    (int32). Memory holds these arrays and one row group's decoding, never the index as a table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IndexFileError(f"{path}: index file missing (materialize codecontests_index first)")
+    pf = pq.ParquetFile(path, read_dictionary=["split", "problem_id"], pre_buffer=False)
+    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in pf.schema_arrow.names]
+    if missing:
+        raise IndexFileError(f"{path}: index lacks columns {missing}")
+    n = pf.metadata.num_rows
+    out = {"row_id": np.empty(n, np.int64), "problem": np.empty(n, np.int32), "is_correct": np.empty(n, bool),
+           "difficulty": np.empty(n, np.int32), "n_tokens": np.empty(n, np.int32)}  # fmt: skip
+    codes: dict[str, int] = {}
+    filled = 0
+    for g in range(pf.num_row_groups):
+        group = pf.read_row_group(g, columns=["split", *INDEX_COLUMNS], use_threads=False)
+        in_split = equals(group["split"], split)
+        if not in_split.any():
+            continue
+        if not in_split.all():
+            group = group.filter(in_split)
+        for name in INDEX_COLUMNS:
+            if group[name].null_count:
+                raise IndexFileError(f"{path}: row group {g} has missing values in column {name!r}")
+        rows = slice(filled, filled + group.num_rows)
+        for name in ("row_id", "is_correct", "difficulty", "n_tokens"):
+            out[name][rows] = group[name].to_numpy()
+        at = filled
+        for chunk in group["problem_id"].chunks:
+            if not pa.types.is_dictionary(chunk.type):
+                chunk = chunk.dictionary_encode()
+            lookup = np.fromiter((codes.setdefault(v, len(codes)) for v in chunk.dictionary.to_pylist()), np.int32)
+            out["problem"][at : at + len(chunk)] = lookup[chunk.indices.to_numpy(zero_copy_only=False)]
+            at += len(chunk)
+        filled += group.num_rows
+    return {name: values[:filled] for name, values in out.items()}
 
 
 def equals(column: pa.ChunkedArray, value: str) -> np.ndarray:

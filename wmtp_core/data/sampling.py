@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wmtp_core.data.index import equals
+from wmtp_core.data.index import equals, sampler_columns
 from wmtp_core.data.params import CurriculumPhase, Stage1Sampling, Stage2Sampling
 
 
@@ -38,7 +38,9 @@ def _numbers(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
     return np.asarray(column.to_numpy(), dtype=dtype)  # no copy when the stored type is already `dtype`
 
 
-def _columns(index: pa.Table, split: str) -> dict[str, np.ndarray]:
+def _columns(index: pa.Table | str | Path, split: str) -> dict[str, np.ndarray]:
+    if isinstance(index, str | Path):  # the index file: read the split's columns straight into arrays
+        return sampler_columns(index, split)
     if not isinstance(index, pa.Table):  # a polars or pandas frame
         index = index.to_arrow() if hasattr(index, "to_arrow") else pa.Table.from_pandas(index)
     if "split" in index.column_names:
@@ -103,8 +105,11 @@ def _length_matched(correct: np.ndarray, incorrect: np.ndarray, n_correct: int, 
     return draw(correct, c_bin, c_avail, n_correct), draw(incorrect, i_bin, i_avail, n_incorrect)
 
 
-def sample_stage1(index: pa.Table, cfg: Stage1Sampling) -> np.ndarray:
-    """Row ids (of `cfg.split`) for critic pretraining, shuffled."""
+def sample_stage1(index: pa.Table | str | Path, cfg: Stage1Sampling) -> np.ndarray:
+    """Row ids (of `cfg.split`) for critic pretraining, shuffled.
+
+    `index`: the index file (its split is read straight into arrays, see `index.sampler_columns`) or a table.
+    """
     rng = np.random.default_rng(cfg.seed)
     cols = _columns(index, cfg.split)
     lo, hi = cfg.difficulty_range
@@ -137,8 +142,11 @@ def _phase_counts(n: int, phases: Sequence[CurriculumPhase]) -> list[int]:
     return np.diff(np.r_[0, ends]).tolist()
 
 
-def sample_stage2(index: pa.Table, cfg: Stage2Sampling) -> np.ndarray:
-    """Row ids in training order: phase by phase, each drawn from the difficulty bins by that phase's weights."""
+def sample_stage2(index: pa.Table | str | Path, cfg: Stage2Sampling) -> np.ndarray:
+    """Row ids in training order: phase by phase, each drawn from the difficulty bins by that phase's weights.
+
+    `index`: the index file or a table, as for `sample_stage1`.
+    """
     rng = np.random.default_rng(cfg.seed)
     cols = _columns(index, cfg.split)
     keep = cols["is_correct"] if cfg.correct_only else np.ones(len(cols["row_id"]), bool)
@@ -210,7 +218,10 @@ class _Source:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             shared = [c for c in _SHARED_COLUMNS if c in self.columns]
-            reader = self._local.reader = pq.ParquetFile(self.path, metadata=self.meta, read_dictionary=shared, pre_buffer=False)
+            # Without pre-buffering, a column chunk is read when decoded, in this thread: no I/O pool, no coalesced
+            # buffers held for the whole row group (measured faster and leaner by benchmarks/select_rows.py).
+            reader = pq.ParquetFile(self.path, metadata=self.meta, read_dictionary=shared, pre_buffer=False)
+            self._local.reader = reader
         return reader
 
     def read(self, group: int, positions: np.ndarray) -> pa.Table:
@@ -222,6 +233,27 @@ class _Source:
             raise SamplingError(f"{self.path}: row group {group} holds row_id values that are not the row positions "
                                 "(row_id must be the row position, unique and increasing)")  # fmt: skip
         return table.select(self.columns)
+
+
+def _read_jobs(jobs: list[tuple[_Source, int, np.ndarray]], workers: int) -> list[pa.Table]:
+    """The chosen rows of each (source, row group, positions) job, in job order, read by `workers` threads.
+
+    The calling thread takes a share too: its allocator already holds the memory the index and the sampler freed,
+    and fresh memory (page faults) costs more than the decoding itself.
+    """
+    pieces: list[pa.Table | None] = [None] * len(jobs)
+
+    def share(k: int) -> None:  # every `workers`-th row group: the shares stay equal and in file order
+        for i in range(k, len(jobs), workers):
+            source, group, positions = jobs[i]
+            pieces[i] = source.read(group, positions)
+
+    with ThreadPoolExecutor(max(1, workers - 1)) as pool:
+        others = [pool.submit(share, k) for k in range(1, workers)]
+        share(0)
+        for done in others:
+            done.result()
+    return pieces  # type: ignore[return-value]
 
 
 def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.ndarray,
@@ -253,21 +285,7 @@ def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.n
                                                                                     strict=True)]  # fmt: skip
     if not jobs:
         return sources[0]._reader().schema_arrow.empty_table().select(sources[0].columns)
-    workers = max(1, min(threads or min(4, os.cpu_count() or 1), len(jobs)))
-    pieces: list[pa.Table] = [None] * len(jobs)  # type: ignore[list-item]
-
-    def share(k: int) -> None:  # every `workers`-th row group: the shares stay equal and in file order
-        for i in range(k, len(jobs), workers):
-            source, group, positions = jobs[i]
-            pieces[i] = source.read(group, positions)
-
-    # This thread takes a share too: its allocator already holds the memory the index and the sampler freed, and
-    # fresh memory (page faults) costs more than the decoding itself.
-    with ThreadPoolExecutor(max(1, workers - 1)) as pool:
-        others = [pool.submit(share, k) for k in range(1, workers)]
-        share(0)
-        for done in others:
-            done.result()
+    pieces = _read_jobs(jobs, max(1, min(threads or min(4, os.cpu_count() or 1), len(jobs))))
     if np.array_equal(inverse, np.arange(len(unique))):  # asked in file order: the pieces are the answer
         return pa.concat_tables(pieces, promote_options="permissive")
     # Reorder column by column, each read column dropped before its reordered copy is made: memory holds the rows
