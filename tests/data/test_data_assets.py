@@ -82,3 +82,16 @@ def test_a_leaked_prompt_is_found_through_case_and_spacing(materialized, tmp_pat
                                     [instructions]), tmp_path / "train.parquet")  # fmt: skip
     prompts = [(f"mbpp/{r['task_id']}", r["text"]) for r in mbpp.to_pylist()]
     assert find_contamination(prompts, [tmp_path / "train.parquet"]) == [f"mbpp/{mbpp['task_id'][42].as_py()}"]
+
+
+def test_readme_training_rows_example_runs(materialized, monkeypatch):
+    storage, _ = materialized
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Training rows in Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(storage.parent)  # the example's relative paths: params.yaml and storage/ of a project
+    scope: dict = {}
+    exec(compile(code, "README.md (Training rows in Python)", "exec"), scope)
+    assert len(scope["ids"]) == scope["rows"].num_rows == 8
+    assert scope["rows"]["row_id"].to_pylist() == scope["ids"].tolist()
+    assert scope["batch"]["input_ids"].shape[0] == 4 and scope["batch"]["reward"].shape == (4,)
