@@ -44,20 +44,24 @@ def build_index(processed_dir: str | Path, out_file: str | Path, splits: Iterabl
     return index.num_rows
 
 
+def _open(path: str | Path) -> pq.ParquetFile:
+    path = Path(path)
+    if not path.is_file():
+        raise IndexFileError(f"{path}: index file missing (materialize codecontests_index first)")
+    pf = pq.ParquetFile(path, read_dictionary=["split", "problem_id"], pre_buffer=False)
+    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in pf.schema_arrow.names]
+    if missing:
+        raise IndexFileError(f"{path}: index lacks columns {missing}")
+    return pf
+
+
 def read_index(path: str | Path, split: str | None = None) -> pa.Table:
     """The index (optionally one split) as an Arrow table; `sampling` takes it as is.
 
     `split` and `problem_id` come back dictionary-encoded, as stored: a sampler needs only their codes, and a
     3.7M-row index stays a few tens of MB.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise IndexFileError(f"{path}: index file missing (materialize codecontests_index first)")
-    pf = pq.ParquetFile(path, read_dictionary=["split", "problem_id"])
-    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in pf.schema_arrow.names]
-    if missing:
-        raise IndexFileError(f"{path}: index lacks columns {missing}")
-    table = pf.read(columns=["split", *INDEX_COLUMNS], use_threads=False).unify_dictionaries().combine_chunks()
+    table = _open(path).read(columns=["split", *INDEX_COLUMNS], use_threads=False).unify_dictionaries().combine_chunks()
     if split is None:
         return table
     in_split = equals(table["split"], split)
@@ -71,12 +75,7 @@ def sampler_columns(path: str | Path, split: str) -> dict[str, np.ndarray]:
     (int32). Memory holds these arrays and one row group's decoding, never the index as a table.
     """
     path = Path(path)
-    if not path.is_file():
-        raise IndexFileError(f"{path}: index file missing (materialize codecontests_index first)")
-    pf = pq.ParquetFile(path, read_dictionary=["split", "problem_id"], pre_buffer=False)
-    missing = [c for c in ["split", *INDEX_COLUMNS] if c not in pf.schema_arrow.names]
-    if missing:
-        raise IndexFileError(f"{path}: index lacks columns {missing}")
+    pf = _open(path)
     n = pf.metadata.num_rows
     out = {"row_id": np.empty(n, np.int64), "problem": np.empty(n, np.int32), "is_correct": np.empty(n, bool),
            "difficulty": np.empty(n, np.int32), "n_tokens": np.empty(n, np.int32)}  # fmt: skip
