@@ -155,6 +155,8 @@ def test_read_rows_matches_a_full_read(tmp_path):
     assert read_rows(paths, in_file_order)["output"].to_pylist() == full.take(in_file_order)["output"].to_pylist()
     assert read_rows(paths, [5], columns=["output"]).column_names == ["output"]
     assert read_rows(paths, []).num_rows == 0
+    with pytest.raises(SamplingError, match="no Parquet files given"):
+        read_rows([], [0])
     with pytest.raises(SamplingError, match="row id 2037 is outside 0..2036"):
         read_rows(paths, [3, 2037])
 

@@ -264,8 +264,10 @@ def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.n
     CPUs allow), and only their chosen rows are kept; the table is never loaded whole. `instruction` and `input`
     come back dictionary-encoded (see `_SHARED_COLUMNS`).
     """
+    if not parquet_paths:
+        raise SamplingError("read_rows: no Parquet files given (expected the split's files, e.g. train.parquet)")
     sources = [_Source(Path(p), list(columns) if columns else None) for p in parquet_paths]
-    if columns is None and sources:
+    if columns is None:
         for s in sources[1:]:
             s.columns = sources[0].columns
     ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
