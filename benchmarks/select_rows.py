@@ -193,7 +193,7 @@ def rss_mb(field: str) -> float:
 
 def child(approach: str, workdir: Path, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    setup_parquet() if approach == "parquet" else setup_jsonl()
+    (setup_parquet if approach == "parquet" else setup_jsonl)()
     setup = {"setup_seconds": time.perf_counter() - t0, "setup_rss_mb": rss_mb("VmRSS")}
     if approach == "parquet":
         result = run_parquet(workdir, args.select, args.seed, args.threads, args.order)

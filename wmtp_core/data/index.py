@@ -69,39 +69,48 @@ def read_index(path: str | Path, split: str | None = None) -> pa.Table:
 
 
 def sampler_columns(path: str | Path, split: str) -> dict[str, np.ndarray]:
-    """One split of the index as the arrays a sampler reads, each allocated once and filled a row group at a time.
+    """One split of the index file as the arrays a sampler reads (see `sampler_arrays`), a row group at a time.
+
+    Memory holds these arrays and one row group's decoding, never the index as a table.
+    """
+    pf = _open(path)
+    groups = ((f"{path}: row group {g}", pf.read_row_group(g, columns=["split", *INDEX_COLUMNS], use_threads=False))
+              for g in range(pf.num_row_groups))  # fmt: skip
+    return sampler_arrays(groups, pf.metadata.num_rows, split)
+
+
+def sampler_arrays(parts: Iterable[tuple[str, pa.Table]], n_rows: int, split: str) -> dict[str, np.ndarray]:
+    """The rows of `split` in `parts` ((label, table) pieces of an index of `n_rows` rows) as arrays allocated once.
 
     Keys: row_id (int64), problem (int32, one code per problem_id), is_correct (bool), difficulty and n_tokens
-    (int32). Memory holds these arrays and one row group's decoding, never the index as a table.
+    (int32). A piece without a `split` column belongs to `split` whole.
     """
-    path = Path(path)
-    pf = _open(path)
-    n = pf.metadata.num_rows
-    out = {"row_id": np.empty(n, np.int64), "problem": np.empty(n, np.int32), "is_correct": np.empty(n, bool),
-           "difficulty": np.empty(n, np.int32), "n_tokens": np.empty(n, np.int32)}  # fmt: skip
+    out = {"row_id": np.empty(n_rows, np.int64), "problem": np.empty(n_rows, np.int32),
+           "is_correct": np.empty(n_rows, bool), "difficulty": np.empty(n_rows, np.int32),
+           "n_tokens": np.empty(n_rows, np.int32)}  # fmt: skip
     codes: dict[str, int] = {}
     filled = 0
-    for g in range(pf.num_row_groups):
-        group = pf.read_row_group(g, columns=["split", *INDEX_COLUMNS], use_threads=False)
-        in_split = equals(group["split"], split)
-        if not in_split.any():
-            continue
-        if not in_split.all():
-            group = group.filter(in_split)
+    for label, part in parts:
+        if "split" in part.column_names:
+            in_split = equals(part["split"], split)
+            if not in_split.any():
+                continue
+            if not in_split.all():
+                part = part.filter(in_split)
         for name in INDEX_COLUMNS:
-            if group[name].null_count:
-                raise IndexFileError(f"{path}: row group {g} has missing values in column {name!r}")
-        rows = slice(filled, filled + group.num_rows)
+            if part[name].null_count:
+                raise IndexFileError(f"{label} has missing values in column {name!r}")
+        rows = slice(filled, filled + part.num_rows)
         for name in ("row_id", "is_correct", "difficulty", "n_tokens"):
-            out[name][rows] = group[name].to_numpy()
+            out[name][rows] = part[name].to_numpy()
         at = filled
-        for chunk in group["problem_id"].chunks:
+        for chunk in part["problem_id"].chunks:
             if not pa.types.is_dictionary(chunk.type):
                 chunk = chunk.dictionary_encode()
             lookup = np.fromiter((codes.setdefault(v, len(codes)) for v in chunk.dictionary.to_pylist()), np.int32)
             out["problem"][at : at + len(chunk)] = lookup[chunk.indices.to_numpy(zero_copy_only=False)]
             at += len(chunk)
-        filled += group.num_rows
+        filled += part.num_rows
     return {name: values[:filled] for name, values in out.items()}
 
 

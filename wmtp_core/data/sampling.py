@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wmtp_core.data.index import equals, sampler_columns
+from wmtp_core.data.index import sampler_arrays, sampler_columns
 from wmtp_core.data.params import CurriculumPhase, Stage1Sampling, Stage2Sampling
 
 
@@ -26,35 +26,12 @@ class SamplingError(ValueError):
     """The index cannot satisfy the requested sample; the message names the parameter and what is available."""
 
 
-def _codes(column: pa.ChunkedArray) -> np.ndarray:
-    """Integer codes of a string or dictionary column: equal codes for equal values."""
-    array = column.unify_dictionaries().combine_chunks() if pa.types.is_dictionary(column.type) else column.combine_chunks()
-    if not pa.types.is_dictionary(array.type):
-        array = array.dictionary_encode()
-    return array.indices.to_numpy(zero_copy_only=False)
-
-
-def _numbers(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
-    return np.asarray(column.to_numpy(), dtype=dtype)  # no copy when the stored type is already `dtype`
-
-
 def _columns(index: pa.Table | str | Path, split: str) -> dict[str, np.ndarray]:
     if isinstance(index, str | Path):  # the index file: read the split's columns straight into arrays
         return sampler_columns(index, split)
     if not isinstance(index, pa.Table):  # a polars or pandas frame
         index = index.to_arrow() if hasattr(index, "to_arrow") else pa.Table.from_pandas(index)
-    if "split" in index.column_names:
-        in_split = equals(index["split"], split)
-        if not in_split.all():  # `read_index(path, split)` has filtered already: no copy then
-            index = index.filter(in_split)
-    return {
-        "row_id": _numbers(index["row_id"], np.int64),
-        # Any integer code per problem will do: only equality between problems matters.
-        "problem": _codes(index["problem_id"]),
-        "is_correct": _numbers(index["is_correct"], bool),
-        "difficulty": _numbers(index["difficulty"], np.int64),
-        "n_tokens": _numbers(index["n_tokens"], np.int64),
-    }
+    return sampler_arrays([("the index table", index)], index.num_rows, split)
 
 
 def _cap_per_problem(candidates: np.ndarray, problem: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -266,10 +243,8 @@ def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.n
     """
     if not parquet_paths:
         raise SamplingError("read_rows: no Parquet files given (expected the split's files, e.g. train.parquet)")
-    sources = [_Source(Path(p), list(columns) if columns else None) for p in parquet_paths]
-    if columns is None:
-        for s in sources[1:]:
-            s.columns = sources[0].columns
+    first = _Source(Path(parquet_paths[0]), list(columns) if columns else None)
+    sources = [first] + [_Source(Path(p), first.columns) for p in parquet_paths[1:]]  # the first file's columns
     ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
     bounds = np.r_[0, np.cumsum([s.meta.num_rows for s in sources])]
     total = int(bounds[-1])
@@ -283,10 +258,10 @@ def read_rows(parquet_paths: Sequence[str | Path], row_ids: Sequence[int] | np.n
         local = unique[file_of == f] - bounds[f]
         group_of = np.searchsorted(sources[f].starts, local, "right") - 1
         cuts = np.flatnonzero(np.diff(group_of)) + 1
-        jobs += [(sources[f], int(group_of[first]), part) for first, part in zip(np.r_[0, cuts], np.split(local, cuts),
-                                                                                    strict=True)]  # fmt: skip
+        runs = zip(np.r_[0, cuts], np.split(local, cuts), strict=True)  # (start, positions) per row group
+        jobs += [(sources[f], int(group_of[start]), positions) for start, positions in runs]
     if not jobs:
-        return sources[0]._reader().schema_arrow.empty_table().select(sources[0].columns)
+        return first._reader().schema_arrow.empty_table().select(first.columns)
     pieces = _read_jobs(jobs, max(1, min(threads or min(4, os.cpu_count() or 1), len(jobs))))
     if np.array_equal(inverse, np.arange(len(unique))):  # asked in file order: the pieces are the answer
         return pa.concat_tables(pieces, promote_options="permissive")
