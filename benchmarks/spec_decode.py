@@ -8,10 +8,13 @@ one block per head (7B_1T_4: 28 trunk blocks + 4 head blocks; here 12 + 4 at wid
 head 1, a verify pass trunk + all heads over a few tokens. `--micro-policy` uses the project's micro policy instead
 (4 trunk + 4 head blocks: heads are half the model, so a verify pass costs about twice a greedy step).
 
-Then every held-out prompt is decoded greedily both ways, interleaved, several
-rounds; the best round of each method is compared. The outputs must be identical token for token.
+Then every held-out prompt is decoded greedily both ways by `wmtp_core.eval.timing.compare_with_greedy`, the
+function the evaluation times with: --warmup untimed rounds, then --repeats timed rounds in alternating order, one
+speed-up per round. The outputs must be identical token for token.
 
-Last line: JSON with speedup_vs_greedy, tokens_per_forward, identical_to_greedy (and the details).
+Last line: JSON with speedup_vs_greedy (the median per-round ratio), speedup_min and speedup_max over `repeats`
+rounds, speedup_not_meaningful (null, or why the figure means nothing), tokens_per_forward, identical_to_greedy
+(and the details).
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wmtp_core.data.tokenizer import Tokenizer, train_tokenizer
 from wmtp_core.eval.generate import SamplingParams, generate_ids
-from wmtp_core.eval.speculative import SpeculativeStats, speculative_generate
+from wmtp_core.eval.timing import REPEATS, WARMUP, compare_with_greedy
 from wmtp_core.model import ModelArgs, Transformer, make_micro
+from wmtp_core.tokenizer import Tokenizer, train_tokenizer
 
 VERBS = ["scale", "filter", "count", "clip", "shift", "keep", "drop", "sum"]
 NOUNS = ["values", "items", "scores", "prices", "rows", "points", "weights"]
@@ -58,7 +61,7 @@ def corpus(n: int, seed: int) -> list[str]:
 
 
 def fit(model, data: torch.Tensor, *, steps: int, batch: int, seq: int, lr: float, seed: int) -> list[float]:
-    """AdamW on the sum over heads of head k's cross-entropy for token t+k+1; returns the last loss per head."""
+    """AdamW on the sum over heads 1..n of head k's cross-entropy for token t+k; returns each head's last loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -71,9 +74,9 @@ def fit(model, data: torch.Tensor, *, steps: int, batch: int, seq: int, lr: floa
         h = model.trunk(x)
         losses = [
             F.cross_entropy(
-                model.unembed(model.head(h, k))[:, : seq - k - 1].flatten(0, 1), x[:, k + 1 :].flatten()
+                model.unembed(model.head(h, k))[:, : seq - k].flatten(0, 1), x[:, k:].flatten()
             )
-            for k in range(model.n_future)
+            for k in range(1, model.n_future + 1)
         ]
         opt.zero_grad(set_to_none=True)
         sum(losses).backward()
@@ -86,32 +89,6 @@ def fit(model, data: torch.Tensor, *, steps: int, batch: int, seq: int, lr: floa
                 f"step {step:4d}  loss per head {shown}  ({time.perf_counter() - started:.0f} s)", flush=True
             )
     return per_head
-
-
-def decode_both(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: int, rounds: int):
-    """Interleave the two decoders prompt by prompt, `rounds` times; best round of each."""
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    best_greedy = best_spec = float("inf")
-    identical = True
-    stats = SpeculativeStats()
-    for r in range(rounds):
-        greedy_s = spec_s = 0.0
-        round_stats = SpeculativeStats()
-        for prompt in prompts:
-            t0 = time.perf_counter()
-            plain = generate_ids(model, tok, [prompt], params, batch_size=1, progress=False)[0][0]
-            greedy_s += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            spec, s = speculative_generate(model, prompt, max_new_tokens=max_new_tokens, eos_id=tok.eos_id)
-            spec_s += time.perf_counter() - t0
-            identical &= spec.tokens == plain.tokens
-            round_stats.add(s)
-        print(
-            f"round {r}: greedy {greedy_s:.2f} s, speculative {spec_s:.2f} s, {round_stats.tokens} tokens each"
-        )
-        best_greedy, best_spec = min(best_greedy, greedy_s), min(best_spec, spec_s)
-        stats = round_stats
-    return best_greedy, best_spec, identical, stats
 
 
 def main() -> None:
@@ -130,7 +107,10 @@ def main() -> None:
     )
     ap.add_argument("--prompts", type=int, default=8, help="held-out prompts decoded by both methods")
     ap.add_argument("--max-new-tokens", type=int, default=192)
-    ap.add_argument("--rounds", type=int, default=3, help="timed rounds; the best of each method counts")
+    ap.add_argument(
+        "--repeats", type=int, default=REPEATS, help="timed rounds, each gives one speed-up; the median counts"
+    )
+    ap.add_argument("--warmup", type=int, default=WARMUP, help="untimed rounds before the timed ones")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on shared CPUs)"
     )
@@ -169,19 +149,31 @@ def main() -> None:
 
     # Held-out prompts: the first line of fresh functions (another seed), so names are not memorized.
     prompts = [tok.encode(t.split("\n")[0] + "\n", bos=True) for t in corpus(args.prompts, args.seed + 1)]
-    decode_both(model, tok, prompts[:1], 16, 1)  # warm-up: allocator, first-call paths
-    greedy_s, spec_s, identical, stats = decode_both(model, tok, prompts, args.max_new_tokens, args.rounds)
+    spec, _ = compare_with_greedy(
+        model, tok, prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats, warmup=args.warmup
+    )
+    rounds = zip(spec["greedy_seconds_per_repeat"], spec["speculative_seconds_per_repeat"], strict=True)
+    for r, (greedy_s, spec_s) in enumerate(rounds):
+        print(f"repeat {r}: greedy {greedy_s:.3f} s, speculative {spec_s:.3f} s, ratio {greedy_s / spec_s:.3f}")
+    identical = spec["identical_to_greedy"]
     sample = generate_ids(model, tok, prompts[:1], SamplingParams(max_new_tokens=64), progress=False)[0][0]
     print(f"prompt {tok.decode(prompts[0])!r} -> greedy {sample.text!r}")
+    if spec["speedup_not_meaningful"]:
+        print(f"speed-up not meaningful: {spec['speedup_not_meaningful']}", flush=True)
     result = {
-        "speedup_vs_greedy": round(greedy_s / spec_s, 3),
-        "tokens_per_forward": round(stats.tokens_per_forward, 3),
+        "speedup_vs_greedy": round(spec["speedup_median"], 3),
+        "speedup_min": round(spec["speedup_min"], 3),
+        "speedup_max": round(spec["speedup_max"], 3),
+        "repeats": spec["repeats"],
+        "warmup": spec["warmup"],
+        "speedup_not_meaningful": spec["speedup_not_meaningful"],
+        "tokens_per_forward": round(spec["tokens_per_forward"], 3),
         "identical_to_greedy": identical,
-        "greedy_tokens_per_s": round(stats.tokens / greedy_s, 1),
-        "speculative_tokens_per_s": round(stats.tokens / spec_s, 1),
-        "tokens": stats.tokens,
-        "forward_passes": stats.forward_passes,
-        "acceptance_rate_per_head": [round(r, 3) for r in stats.as_dict()["acceptance_rate_per_head"]],
+        "greedy_tokens_per_s": round(spec["greedy_tokens_per_s"], 1),
+        "speculative_tokens_per_s": round(spec["speculative_tokens_per_s"], 1),
+        "tokens": spec["tokens"],
+        "forward_passes": spec["forward_passes"],
+        "acceptance_rate_per_head": [round(r, 3) for r in spec["acceptance_rate_per_head"]],
         "final_loss_per_head": [round(v, 4) for v in final_loss],
         "n_heads": model.n_future,
         "trunk_blocks": model.n_trunk_layers,

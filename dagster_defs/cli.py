@@ -6,6 +6,7 @@ write to one event log and the lineage of every run is inspectable.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -30,9 +31,10 @@ def _instance():
 
 def _validated_defs():
     """Definitions, after params.yaml validates: a bad key stops here, before any run or write."""
-    from dagster_defs.definitions import defs
-
     try:
+        # Building the definitions reads params.yaml too (code versions hash each asset's section).
+        from dagster_defs.definitions import defs
+
         load_params(defs.resources["params"].path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
@@ -97,6 +99,30 @@ def dvc_yaml(check: bool, path: Path | None) -> None:
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object: asset -> reasons")
+def status(as_json: bool) -> None:
+    """List the assets Dagster marks unsynced (code, params or an input changed since they were materialized).
+
+    The same assets `dvc status` reports changed: both hash the same code deps, params section and external
+    inputs (see `dagster_defs.versions`).
+    """
+    from dagster_defs.versions import stale_assets
+
+    defs = _validated_defs()
+    with _instance() as instance:
+        found = stale_assets(defs, instance)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for name, reasons in found.items():
+        click.echo(f"{name}:")
+        for reason in reasons:
+            click.echo(f"\t{reason}")
+    if not found:
+        click.echo("every materialized asset is up to date")
+
+
+@click.command()
 def demo() -> None:
     """Materialize every asset on the embedded default (demo data, micro models) and say where results are."""
     defs = _validated_defs()
@@ -131,7 +157,7 @@ def ui(host: str, port: int) -> None:
     os.execve(args[0], args, env)
 
 
-PIPELINE_COMMANDS = [materialize, dvc_yaml, demo, ui]
+PIPELINE_COMMANDS = [materialize, dvc_yaml, status, demo, ui]
 
 
 def build_cli() -> click.Group:

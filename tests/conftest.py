@@ -9,6 +9,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"  # ../shared/data/llama2-tokenizer
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -59,3 +61,53 @@ def test_sections_are_frozen_and_sha256_normalised(tmp_path):
     assert params.tokenizer.sha256 == "ab" * 32
     with pytest.raises(ValueError):
         params.tokenizer.vocab_size = 2  # type: ignore[misc]
+
+
+def _path_fields(model: type, prefix: str = "") -> dict[str, object]:
+    """Every field of params.yaml (nested sections included) whose name says it holds a file or directory."""
+    from pydantic import BaseModel
+
+    found: dict[str, object] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if inner:
+            found |= _path_fields(inner[0], f"{prefix}{name}.")
+        elif name == "path" or name.endswith(("_dir", "_path", "_file")):
+            found[f"{prefix}{name}"] = field
+    return found
+
+
+def test_every_path_key_resolves_against_params_yaml_not_the_working_directory(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(
+        "codecontests_raw: {path: data/cc}\n"
+        "tokenizer: {path: ../models/tok.model, sha256: '" + "0" * 64 + "'}\n"
+        "base_model: {source: meta, meta_dir: weights/7B_1T_4}\n"
+        "reference_model: {source: hf, hf_dir: weights/ref}\n"
+        "mbpp_processed: {path: eval/mbpp.jsonl}\n"
+        "humaneval_processed: {path: /abs/HumanEval.jsonl.gz}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    params = load_params("../project/params.yaml")
+    resolved = {
+        "codecontests_raw.path": params.codecontests_raw.path,
+        "tokenizer.path": params.tokenizer.path,
+        "base_model.meta_dir": params.base_model.meta_dir,
+        "reference_model.hf_dir": params.reference_model.hf_dir,
+        "mbpp_processed.path": params.mbpp_processed.path,
+        "humaneval_processed.path": params.humaneval_processed.path,
+    }
+    # Every path-like key of the model is covered above, so a new one cannot slip in unresolved.
+    assert set(resolved) == set(_path_fields(Params))
+    assert resolved == {
+        "codecontests_raw.path": project / "data/cc",
+        "tokenizer.path": tmp_path / "models/tok.model",
+        "base_model.meta_dir": project / "weights/7B_1T_4",
+        "reference_model.hf_dir": project / "weights/ref",
+        "mbpp_processed.path": project / "eval/mbpp.jsonl",
+        "humaneval_processed.path": Path("/abs/HumanEval.jsonl.gz"),
+    }

@@ -10,7 +10,7 @@ import click
 def _input_errors() -> tuple[type[BaseException], ...]:
     # The library's errors about its inputs (ValueError subclasses, storage and sandbox errors) all name the
     # file, row, key or parameter at fault; a traceback would only bury that.
-    from wmtp_core.eval.sandbox import SandboxError
+    from wmtp_core.sandbox.core import SandboxError
     from wmtp_core.storage import StorageError
 
     return (ValueError, StorageError, SandboxError, FileNotFoundError)

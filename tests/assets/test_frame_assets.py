@@ -14,17 +14,17 @@ import torch
 
 from dagster_defs.resources import build_resources
 from tests.assets.conftest import FRAME_ASSETS, FRAME_CHECKS, materialize_frame
+from tests.conftest import LLAMA2_SHA256
 from wmtp_core import model as wm
 from wmtp_core.data.codecontests_schema import SCHEMA
 from wmtp_core.data.demo import demo_tables
-from wmtp_core.data.tokenizer import Tokenizer
 from wmtp_core.model.convert import export_hf
 from wmtp_core.storage import MANIFEST, sha256_file, verify
+from wmtp_core.tokenizer import Tokenizer
 
 # One worker materializes the shared `frame` fixture once for every test here.
 pytestmark = pytest.mark.xdist_group("frame_assets")
 
-LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
 
 
 def _tree(storage: Path) -> dict[str, str]:

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from wmtp_core.data.tokenizer import Tokenizer
-
-LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+from tests.conftest import LLAMA2_SHA256
+from wmtp_core.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="session")

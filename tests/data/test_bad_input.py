@@ -13,9 +13,9 @@ import pytest
 from tests.data.cc_fixture import fixture_problems, write_hub_files
 from wmtp_core.data.codecontests import CodeContestsError, find_split_files
 from wmtp_core.data.codecontests_schema import SCHEMA
-from wmtp_core.data.humaneval import HumanEvalError, prepare_humaneval, read_humaneval
-from wmtp_core.data.mbpp import MbppError, prepare_mbpp, read_mbpp
+from wmtp_core.data.eval_sets import prepare_humaneval, prepare_mbpp
 from wmtp_core.data.prepare import prepare_codecontests
+from wmtp_core.tasks.taskset import TaskError
 
 
 def _prepare_fails(tmp_path: Path, source: Path, llama2, match: str) -> None:
@@ -104,30 +104,15 @@ def test_mbpp_bad_lines(tmp_path, mbpp_jsonl, line, match):
     lines = mbpp_jsonl.read_bytes().splitlines(keepends=True)
     bad = tmp_path / "mbpp.jsonl"
     bad.write_bytes(b"".join(lines[:2]) + line.encode() + b"\n" + b"".join(lines[3:]))
-    with pytest.raises(MbppError, match=rf"mbpp\.jsonl: {match}"):
+    with pytest.raises(TaskError, match=rf"mbpp\.jsonl: {match}"):
         prepare_mbpp(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["mbpp.jsonl"]
-
-
-def test_mbpp_invalid_utf8_and_duplicate(tmp_path, mbpp_jsonl):
-    lines = mbpp_jsonl.read_bytes().splitlines(keepends=True)
-    bad = tmp_path / "mbpp.jsonl"
-    bad.write_bytes(b"".join(lines[:4]) + lines[4].replace(b"Write", b"Wr\xffite", 1) + b"".join(lines[5:]))
-    with pytest.raises(MbppError, match=r"line 5: invalid UTF-8"):
-        read_mbpp(bad)
-    bad.write_bytes(b"".join(lines) + lines[0])
-    with pytest.raises(MbppError, match="task_id 1 appears more than once"):
-        read_mbpp(bad)
 
 
 def test_humaneval_bad_file(tmp_path):
     bad = tmp_path / "HumanEval.jsonl.gz"
     with gzip.open(bad, "wt") as f:
         f.write('{"task_id": "HumanEval/0", "prompt": "def f():\\n", "entry_point": "f", "test": ""}\n')
-    with pytest.raises(HumanEvalError, match=r"line 1: field 'canonical_solution' missing"):
+    with pytest.raises(TaskError, match=r"line 1: field 'canonical_solution' missing"):
         prepare_humaneval(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    with gzip.open(bad, "wt") as f:
-        f.write("{not json\n")
-    with pytest.raises(HumanEvalError, match=r"HumanEval\.jsonl\.gz: line 1: malformed JSON"):
-        read_humaneval(bad)

@@ -11,7 +11,7 @@ import pytest
 
 from wmtp_core.data.codecontests_schema import DIFFICULTIES, PYTHON_LANGUAGES, SCHEMA, SOURCES, SPLITS
 from wmtp_core.data.demo import DemoDataError, demo_dir, demo_tables, problem_files, write_demo_parquet
-from wmtp_core.data.judge import check_labels
+from wmtp_core.data.labels import check_labels
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,13 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from wmtp_core.data.tokenizer import Tokenizer
 from wmtp_core.eval.evaluate import evaluate, evaluate_command
 from wmtp_core.eval.params import EvaluationParams
 from wmtp_core.eval.report import write_report
+from wmtp_core.eval.timing import REPEATS, WARMUP
 from wmtp_core.model import make_micro, save
 from wmtp_core.storage import verify
+from wmtp_core.tokenizer import Tokenizer
 
 PARAMS = EvaluationParams(
     n_samples=2,
@@ -80,8 +81,16 @@ def test_speculative_measurement_on_task_prompts(evaluated):
     assert spec["identical_to_greedy"] is True
     assert 1 <= spec["tokens"] <= 8 and spec["forward_passes"] <= spec["tokens"]
     assert len(spec["acceptance_rate_per_head"]) == 3
+    # Timed by the shared timer: warm-up, repeats, a median with its range; a figure or the reason for none.
+    assert (spec["repeats"], spec["warmup"], spec["order"]) == (REPEATS, WARMUP, "alternating")
+    assert len(spec["speedup_per_repeat"]) == len(spec["greedy_seconds_per_repeat"]) == REPEATS
+    assert spec["speedup_min"] <= spec["speedup_median"] <= spec["speedup_max"]
+    assert (spec["speedup"] is None) == bool(spec["speedup_not_meaningful"])
+    if spec["tokens_per_forward"] == 1.0:
+        assert "1.00 tokens per forward" in spec["speedup_not_meaningful"]
     table = pl.read_parquet(out / "speculative.parquet")
     assert table["task_id"].to_list() == ["HumanEval/0"] and table["identical"].all()
+    assert table["tokens"].to_list() == [spec["tokens"]]
 
 
 def test_report_over_the_evaluation(evaluated, tmp_path):
@@ -116,7 +125,7 @@ def test_command_line_help_and_bad_option(model_dir, llama2_tokenizer, tmp_path)
 
 
 def test_tokenizer_of_another_model_is_refused(tmp_path, model_dir):
-    from wmtp_core.data.tokenizer import train_tokenizer
+    from wmtp_core.tokenizer import train_tokenizer
 
     other = train_tokenizer(
         [f"def f{i}(x):\n    return x + {i}\n" for i in range(200)], tmp_path / "o.model", 300

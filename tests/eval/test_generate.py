@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmtp_core.data.tokenizer import Tokenizer
 from wmtp_core.eval.generate import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -20,6 +19,7 @@ from wmtp_core.eval.generate import (
 )
 from wmtp_core.model.args import ModelArgs
 from wmtp_core.model.transformer import Transformer
+from wmtp_core.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

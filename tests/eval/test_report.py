@@ -23,11 +23,18 @@ def _metrics(model, task, scores, *, limit=None, n_tasks=164, spec=None):
     }
 
 
-def _spec(tpf, speedup, rates):
+def _spec(tpf, speedup, rates, *, reason=None):
+    """A speculative block as `wmtp_core.eval.timing.compare_with_greedy` records it."""
     return {
         "prompts": 8,
         "tokens_per_forward": tpf,
-        "speedup": speedup,
+        "repeats": 5,
+        "warmup": 1,
+        "speedup_median": speedup,
+        "speedup_min": speedup - 0.1,
+        "speedup_max": speedup + 0.1,
+        "speedup": None if reason else speedup,
+        "speedup_not_meaningful": reason,
         "identical_to_greedy": True,
         "acceptance_rate_per_head": rates,
     }
@@ -65,7 +72,7 @@ def test_side_by_side_table_and_coverage(eval_dirs, tmp_path):
     assert "limit set explicitly" in md
     assert "| policy_rho1 | humaneval | 20 of 164 (limit 20) | 10 |" in md
     assert "| base_model | mbpp | all 500 | 10 |" in md
-    assert "| base_model | humaneval | 8 | 2.50 | 1.90x | yes | 0.80, 0.60, 0.40 |" in md
+    assert "| base_model | humaneval | 8 | 2.50 | 1.90x (1.80–2.00x, 5 repeats) | yes | 0.80, 0.60, 0.40 |" in md
     assert "| policy_rho1 | humaneval | – | – | – | – | not measured |" in md
     assert "![pass_at_k](pass_at_k.png)" in md and "![speculative](speculative.png)" in md
 
@@ -122,3 +129,77 @@ def test_command_writes_a_verified_report_directory(eval_dirs, tmp_path):
         "speculative.png",
     }
     assert "--out" in CliRunner().invoke(report_command, ["--help"]).output
+
+
+def _write(tmp_path, evaluations):
+    dirs = []
+    for m in evaluations:
+        d = tmp_path / f"eval_{m['model']}_{m['task']}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(m))
+        dirs.append(d)
+    return dirs
+
+
+ONE_TOKEN_PER_FORWARD = (
+    "1.00 tokens per forward (every proposal rejected): at one token per pass self-speculative decoding "
+    "cannot beat greedy; only 9 ms of timed decoding per decoder (under 1 s): timer and scheduling noise"
+)
+
+
+def test_a_speedup_that_means_nothing_is_reported_as_its_reason(tmp_path, monkeypatch):
+    from wmtp_core.eval import report
+
+    rejected = _spec(1.0, 1.79, [0.0, 0.0, 0.0], reason=ONE_TOKEN_PER_FORWARD)
+    good = _spec(2.5, 1.9, [0.8, 0.6, 0.4])
+    dirs = _write(
+        tmp_path,
+        [
+            _metrics("base_model", "mbpp", {1: 0.2}, n_tasks=500, spec=rejected),
+            _metrics("base_model", "humaneval", {1: 0.1}, spec=good),
+        ],
+    )
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)  # keep the figure to look at what was drawn
+    out = tmp_path / "report"
+    out.mkdir()
+    write_report(dirs, out)
+
+    md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| base_model | mbpp | 8 |"))
+    assert f"| not meaningful: {ONE_TOKEN_PER_FORWARD} |" in row
+    assert "1.79" not in md  # the measured ratio is no result, so it is not printed
+    assert "| base_model | humaneval | 8 | 2.50 | 1.90x (1.80–2.00x, 5 repeats) |" in md
+
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["speculative"]["base_model"]["mbpp"]["speedup"] is None
+    assert summary["speculative"]["base_model"]["mbpp"]["speedup_not_meaningful"] == ONE_TOKEN_PER_FORWARD
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "speculative_speedup" not in metrics["base_model"]["mbpp"]
+    assert metrics["base_model"]["mbpp"]["tokens_per_forward"] == 1.0
+    assert metrics["base_model"]["humaneval"]["speculative_speedup"] == 1.9
+
+    (spec_fig,) = [f for f in figures if f.axes[0].get_title() == "self-speculative decoding"]
+    left = spec_fig.axes[0]
+    assert [t.get_text() for t in left.texts] == ["speed-up\nnot meaningful"]
+    points = [line for line in left.lines if line.get_marker() == "o"]
+    assert [list(p.get_ydata()) for p in points] == [[1.9]]  # only the meaningful speed-up is drawn
+
+
+def test_an_evaluation_timed_the_old_way_gets_no_speedup(tmp_path):
+    """metrics.json written before repeated timing: one cold-vs-warm ratio, no spread, no recorded judgement."""
+    old = {
+        "prompts": 2,
+        "tokens_per_forward": 1.0,
+        "speedup": 1.79,
+        "identical_to_greedy": True,
+        "acceptance_rate_per_head": [0.0, 0.0, 0.0],
+    }
+    dirs = _write(tmp_path, [_metrics("base_model", "mbpp", {1: 0.0}, n_tasks=500, spec=old)])
+    out = tmp_path / "report"
+    out.mkdir()
+    write_report(dirs, out)
+    md = (out / "report.md").read_text()
+    assert "| not meaningful: timed once, cold against warm, with no repeats or spread" in md
+    assert "1.79x" not in md
+    assert "speculative_speedup" not in json.loads((out / "metrics.json").read_text())["base_model"]["mbpp"]

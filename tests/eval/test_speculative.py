@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wmtp_core.data.tokenizer import Tokenizer, train_tokenizer
 from wmtp_core.eval.generate import FINISH_STOP, SamplingParams, generate_ids
 from wmtp_core.eval.speculative import SpeculativeStats, speculative_generate
 from wmtp_core.model import ModelArgs, Transformer, make_micro
+from wmtp_core.tokenizer import Tokenizer, train_tokenizer
 
 
 def code_corpus(n: int, seed: int) -> list[str]:
@@ -51,9 +51,9 @@ def trained(tokenizer) -> Transformer:
         h = model.trunk(x)
         loss = sum(
             F.cross_entropy(
-                model.unembed(model.head(h, k))[:, : seq - k - 1].flatten(0, 1), x[:, k + 1 :].flatten()
+                model.unembed(model.head(h, k))[:, : seq - k].flatten(0, 1), x[:, k:].flatten()
             )
-            for k in range(model.n_future)
+            for k in range(1, model.n_future + 1)
         )
         opt.zero_grad()
         loss.backward()

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from wmtp_core.model import CheckpointError, ModelArgs, Transformer, load, make_micro, read_metadata, save
 from wmtp_core.model.cli import commands
 from wmtp_core.model.convert import convert_meta, export_hf, import_hf, permute_hf_to_meta, permute_meta_to_hf
+from wmtp_core.storage import MANIFEST, verify
 
 # What Meta's 7B_1T_4 params.json looks like, shrunk; vocab_size -1 as in Llama 2's release.
 META_PARAMS = {
@@ -228,3 +230,26 @@ def test_cli_commands_have_help_and_run(tmp_path, llama2_tokenizer):
     )
     assert result.exit_code == 0, result.output
     assert read_metadata(tmp_path / "conv")["dtype"] == "bfloat16"
+    for out in ("ref", "pol", "hf", "back", "conv"):  # every written directory, the HF export included
+        names = {p.name for p in (tmp_path / out).iterdir()}
+        assert set(verify(tmp_path / out)["files"]) == names - {MANIFEST}, out
+
+
+def test_a_model_converted_by_the_cli_has_one_integrity_file_loads_and_fails_when_tampered(tmp_path):
+    state = meta_checkpoint(tmp_path / "meta")
+    cli = click.Group("wmtp", commands={c.name: c for c in commands})
+    result = CliRunner().invoke(cli, ["convert-meta", str(tmp_path / "meta"), str(tmp_path / "conv")])
+    assert result.exit_code == 0, result.output
+    conv = tmp_path / "conv"
+    assert sorted(p.name for p in conv.iterdir()) == [MANIFEST, "metadata.json", "model.safetensors", "params.json"]
+    loaded = load(conv).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k != "rope.freqs")
+    weights = conv / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(weights))}: SHA256 .* does not match manifest"):
+        load(conv)
+    result = CliRunner().invoke(cli, ["export-hf", str(conv), str(tmp_path / "hf")])
+    assert isinstance(result.exception, CheckpointError) and str(weights) in str(result.exception)
+    assert not (tmp_path / "hf").exists()

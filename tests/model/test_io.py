@@ -18,8 +18,7 @@ from wmtp_core.model import (
     read_metadata,
     save,
 )
-from wmtp_core.model.io import _write_sums
-from wmtp_core.storage import sha256_file
+from wmtp_core.storage import MANIFEST, publish, read_manifest, sha256_file, write_manifest
 
 ARGS = ModelArgs(dim=32, n_layers=4, n_heads=4, vocab_size=50, multiple_of=16, n_future_tokens=2)
 TOKENS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
@@ -47,9 +46,8 @@ def sharded(tmp_path, model) -> Path:
 
 
 def resum(model_dir: Path) -> None:
-    """Re-hash after a deliberate edit, so the check under test (not the checksum) is the one that fires."""
-    (model_dir / "SHA256SUMS").unlink()
-    _write_sums(model_dir)
+    """Re-hash after a deliberate edit, so the check under test (not the SHA256) is the one that fires."""
+    write_manifest(model_dir)
 
 
 def test_round_trip_keeps_every_weight_and_stores_no_rope(saved, model):
@@ -65,7 +63,7 @@ def test_round_trip_keeps_every_weight_and_stores_no_rope(saved, model):
 
 def test_model_directory_layout_and_metadata(saved, model):
     assert sorted(p.name for p in saved.iterdir()) == [
-        "SHA256SUMS",
+        MANIFEST,
         "metadata.json",
         "model.safetensors",
         "params.json",
@@ -80,10 +78,42 @@ def test_model_directory_layout_and_metadata(saved, model):
     assert metadata["tokenizer_sha256"] == "ab" * 32
     assert metadata["value_head"] is None
     assert ModelArgs.from_json(saved / "params.json") == ARGS
-    sums = dict(reversed(line.split("  ")) for line in (saved / "SHA256SUMS").read_text().splitlines())
-    assert sums == {
-        name: sha256_file(saved / name) for name in ("metadata.json", "model.safetensors", "params.json")
+
+
+
+def test_manifest_is_the_one_integrity_file_and_lists_every_file(tmp_path, model):
+    head = ValueHead(ARGS.dim)
+    head.init_weights(torch.Generator().manual_seed(3))
+    save(model, tmp_path / "m", value_head=head, name="tiny", source="test", max_shard_bytes=20_000)
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    weights = read_metadata(tmp_path / "m")["files"]
+    assert len(weights) > 1
+    assert names == {
+        MANIFEST, "params.json", "metadata.json", "model.safetensors.index.json", "value_head.safetensors", *weights
     }
+    manifest = read_manifest(tmp_path / "m")
+    assert manifest["files"] == {
+        n: {"sha256": sha256_file(tmp_path / "m" / n), "bytes": (tmp_path / "m" / n).stat().st_size}
+        for n in names - {MANIFEST}
+    }
+    assert manifest["counts"] == {"parameters": model.num_parameters(), "tensors": len(model.state_dict())}
+
+
+def test_a_model_saved_inside_publish_has_one_manifest_with_the_assets_params(tmp_path, model):
+    # What assets/models.py does: wm.save into publish's temporary directory.
+    def write(tmp: Path) -> dict:
+        save(model, tmp, name="base_model", source="micro", max_shard_bytes=20_000)
+        return {"parameters": read_metadata(tmp)["parameter_count"]}
+
+    out = tmp_path / "storage" / "models" / "base_model"
+    manifest = publish(out, write, params={"source": "micro", "seed": 0})
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.name == MANIFEST] == [MANIFEST]
+    assert not [p for p in out.rglob("*") if "SHA256" in p.name.upper()]
+    assert manifest == read_manifest(out)
+    assert manifest["params"] == {"source": "micro", "seed": 0}
+    assert manifest["counts"] == {"parameters": model.num_parameters(), "tensors": len(model.state_dict())}
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {MANIFEST}
+    torch.testing.assert_close(load(out)(TOKENS), model(TOKENS), rtol=0, atol=0)
 
 
 def test_sharded_round_trip_with_index(sharded, model):
@@ -130,17 +160,45 @@ def test_load_value_head_of_a_directory_without_one_names_it(saved):
 def test_truncated_file_names_file_and_tensor(saved):
     path = saved / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated: tensor '[\w.]+'"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: \d+ bytes, manifest expects \d+"):
         load(saved)
+    # Without the manifest check the header reader still names the tensor that runs past the end.
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated: tensor '[\w.]+'"):
+        load(saved, verify=False)
 
 
-def test_corrupted_file_names_the_file(saved):
+def test_tampered_weights_fail_to_load_naming_the_file(saved):
     path = saved / "model.safetensors"
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: SHA256 .* corrupted"):
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: SHA256 [0-9a-f]{{64}} does not match manifest"):
         load(saved)
+
+
+def test_tampered_value_head_fails_its_load_without_hashing_the_policy(tmp_path, model, monkeypatch):
+    head = ValueHead(ARGS.dim)
+    save(model, tmp_path / "m", value_head=head, name="tiny", source="test")
+    hashed = []
+    monkeypatch.setattr("wmtp_core.storage.sha256_file", lambda p: hashed.append(Path(p).name) or sha256_file(p))
+    load_value_head(tmp_path / "m")
+    assert sorted(hashed) == ["metadata.json", "value_head.safetensors"]
+    path = tmp_path / "m" / "value_head.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: SHA256 .* does not match manifest"):
+        load_value_head(tmp_path / "m")
+
+
+def test_load_hashes_each_file_once_and_verify_false_hashes_none(saved, monkeypatch):
+    hashed = []
+    monkeypatch.setattr("wmtp_core.storage.sha256_file", lambda p: hashed.append(Path(p).name) or sha256_file(p))
+    load(saved)
+    assert sorted(hashed) == ["metadata.json", "model.safetensors", "params.json"]
+    hashed.clear()
+    load(saved, verify=False)
+    assert hashed == []
 
 
 def test_corrupted_header_names_the_file(saved):
@@ -148,6 +206,7 @@ def test_corrupted_header_names_the_file(saved):
     data = bytearray(path.read_bytes())
     data[8:12] = b"\xff\xfe{{"
     path.write_bytes(bytes(data))
+    resum(saved)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt safetensors header"):
         load(saved)
 
@@ -155,8 +214,16 @@ def test_corrupted_header_names_the_file(saved):
 def test_missing_shard_names_the_file_and_its_tensors(sharded):
     shard = read_metadata(sharded)["files"][1]
     (sharded / shard).unlink()
-    with pytest.raises(CheckpointError, match=rf"{shard}: shard missing \(holds '[\w.]+'"):
+    with pytest.raises(CheckpointError, match=rf"{shard}: listed in .*{MANIFEST} but missing"):
         load(sharded)
+    with pytest.raises(CheckpointError, match=rf"{shard}: shard missing \(holds '[\w.]+'"):
+        load(sharded, verify=False)
+
+
+def test_a_stray_file_in_a_model_directory_is_named(saved):
+    (saved / "notes.txt").write_text("x")
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(saved))}: files not in the manifest: notes\.txt"):
+        load(saved)
 
 
 def test_missing_tensor_names_the_key(saved):
@@ -194,19 +261,20 @@ def test_wrong_shape_names_file_key_and_shapes(saved):
         load(saved)
 
 
-def test_edited_params_json_fails_the_checksum(saved):
+def test_edited_params_json_fails_the_manifest_check(saved):
     params = json.loads((saved / "params.json").read_text())
-    params["norm_eps"] = 1e-6
-    (saved / "params.json").write_text(json.dumps(params))
-    with pytest.raises(CheckpointError, match=r"params\.json: SHA256"):
+    params["norm_eps"] = 1e-7  # same length: only the SHA256 can tell
+    (saved / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+    assert (saved / "params.json").stat().st_size == read_manifest(saved)["files"]["params.json"]["bytes"]
+    with pytest.raises(CheckpointError, match=r"params\.json: SHA256 .* does not match"):
         load(saved)
 
 
-def test_missing_directory_and_missing_checksums_are_named(tmp_path, saved):
+def test_missing_directory_and_missing_manifest_are_named(tmp_path, saved):
     with pytest.raises(CheckpointError, match="does not exist"):
         load(tmp_path / "nowhere")
-    (saved / "SHA256SUMS").unlink()
-    with pytest.raises(CheckpointError, match="SHA256SUMS: checksum file missing"):
+    (saved / MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match=f"{MANIFEST}: manifest missing"):
         load(saved)
 
 
@@ -241,7 +309,7 @@ def test_micro_models_are_small_seeded_and_sized_by_the_vocabulary(kind, heads):
 
 
 def test_micro_policy_with_the_llama2_vocabulary_round_trips(tmp_path, llama2_tokenizer):
-    from wmtp_core.data.tokenizer import Tokenizer
+    from wmtp_core.tokenizer import Tokenizer
 
     tok = Tokenizer(llama2_tokenizer)
     model = make_micro("policy", tok.vocab_size, seed=0)

@@ -66,23 +66,28 @@ def test_forward_shapes_and_api_pieces_agree():
     torch.testing.assert_close(every[:, :, :1], one, rtol=0, atol=1e-6)
     h_trunk = model.trunk(x)
     assert h_trunk.shape == (2, 11, 64)
-    for k in range(3):
+    # Heads are numbered 1..n_future (head k predicts token t+k); all_heads puts head k at index k-1.
+    for k in (1, 2, 3):
         head_k = model.unembed(model.head(h_trunk, k))
-        torch.testing.assert_close(head_k, every[:, :, k], rtol=0, atol=1e-6)
-    with pytest.raises(IndexError, match="k=3"):
-        model.head(h_trunk, 3)
+        torch.testing.assert_close(head_k, every[:, :, k - 1], rtol=0, atol=1e-6)
+    for bad in (0, 4):
+        with pytest.raises(IndexError, match=f"k={bad}: this model has heads 1..3"):
+            model.head(h_trunk, bad)
 
 
 def test_heads_use_their_own_blocks():
+    """Head 1 is layers[-1] and head k >= 2 is extra_heads[k-2], as DESIGN.md lays them out."""
     model = make()
     h = model.trunk(tokens())
+    before = {k: model.head(h, k) for k in (1, 2, 3)}
     with torch.no_grad():
         model.extra_heads[0].feed_forward.w2.weight.mul_(2)
-    changed = model.unembed(model.head(h, 1))
+    after = {k: model.head(h, k) for k in (1, 2, 3)}
+    assert not torch.allclose(after[2], before[2])
+    assert torch.equal(after[1], before[1]) and torch.equal(after[3], before[3])
     with torch.no_grad():
-        model.extra_heads[0].feed_forward.w2.weight.div_(2)
-    assert not torch.allclose(changed, model.unembed(model.head(h, 1)))
-    assert model.head(h, 0).shape == model.head(h, 2).shape
+        model.layers[-1].feed_forward.w2.weight.mul_(2)
+    assert not torch.allclose(model.head(h, 1), before[1])
 
 
 def test_gradients_reach_every_parameter():

@@ -197,3 +197,30 @@ def read_problems(source_dir: str | Path, limit: int | None = None) -> pa.Table:
 
 def count_rows(paths: list[Path]) -> int:
     return sum(open_file(p).metadata.num_rows for p in paths)
+
+
+def count_solutions(source_dir: str | Path) -> dict[str, int]:
+    """Problems and correct/incorrect solutions of every split, counted column-wise (the published train split
+    has millions of solutions; no solution text is materialized as Python objects)."""
+    counts = {"problems": 0, "correct_solutions": 0, "incorrect_solutions": 0}
+    for paths in find_split_files(source_dir).values():
+        for path in paths:
+            table = open_file(path).read(columns=["solutions", "incorrect_solutions"])
+            counts["problems"] += table.num_rows
+            for field, key in (("solutions", "correct_solutions"), ("incorrect_solutions", "incorrect_solutions")):
+                lengths = pc.list_value_length(pc.struct_field(table[field], "solution"))
+                counts[key] += int(pc.sum(lengths).as_py() or 0)
+    return counts
+
+
+def tokenizer_corpus(source_dir: str | Path) -> list[str]:
+    """The text a tokenizer is trained on: every description and every solution, correct and incorrect, of every
+    split (what the models will read and write)."""
+    texts: list[str] = []
+    for paths in find_split_files(source_dir).values():
+        for path in paths:
+            for batch in read_batches(path):
+                texts += [t for t in batch.column("description").to_pylist() if t]
+                for field in ("solutions", "incorrect_solutions"):
+                    texts += [s for sols in batch.column(field).to_pylist() for s in sols["solution"] if s]
+    return texts

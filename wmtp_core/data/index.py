@@ -144,3 +144,19 @@ def find_contamination(eval_prompts: Iterable[tuple[str, str]], training_paths: 
     """Ids of the (id, prompt) evaluation items whose normalized prompt equals a training instruction."""
     training = text_hashes(training_paths, column)
     return [task_id for task_id, prompt in eval_prompts if normalized_text_hash(prompt) in training]
+
+
+def index_disagreements(processed_dir: str | Path, index_file: str | Path) -> list[str]:
+    """Splits whose index rows differ from their processed file's columns (an empty list when all agree)."""
+    index = read_index(index_file)
+    problems = []
+    for split in sorted(set(index["split"].to_pylist())):
+        path = Path(processed_dir) / f"{split}.parquet"
+        if not path.is_file():
+            problems.append(f"{split}: indexed, but {path} is missing")
+            continue
+        stored = pq.read_table(path, columns=INDEX_COLUMNS).to_pylist()
+        indexed = index.filter(equals(index["split"], split)).select(INDEX_COLUMNS).to_pylist()
+        if stored != indexed:
+            problems.append(f"{split}: index differs from {path.name}")
+    return problems

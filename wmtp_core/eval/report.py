@@ -1,6 +1,7 @@
 """The experiment report: pass@k of every evaluated model side by side, speculative-decoding acceptance, plots.
 
-Inputs are evaluation directories written by `wmtp_core.eval.evaluate` (their `metrics.json`); outputs are
+Inputs are evaluation directories in the format of `wmtp_core.eval.results`, written by `wmtp evaluate` or
+`wmtp evaluate-completions` (their `metrics.json`); outputs are
 `report.md`, `report.json` (everything), `metrics.json` (the numbers DVC tracks) and PNG plots.
 """
 
@@ -18,29 +19,8 @@ matplotlib.use("Agg")  # no display on these machines; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from wmtp_core.eval.params import ExperimentReportParams  # noqa: E402
+from wmtp_core.eval.results import METRICS_FILE, ReportError, load_evaluation  # noqa: E402
 from wmtp_core.storage import atomic_dir, write_manifest  # noqa: E402
-
-METRICS_FILE = "metrics.json"
-REQUIRED_KEYS = ("model", "task", "n_tasks", "n_tasks_available", "limit", "n_samples", "pass_at_k")
-
-
-class ReportError(ValueError):
-    pass
-
-
-def load_evaluation(eval_dir: str | Path) -> dict[str, Any]:
-    """Read `metrics.json` of one evaluation directory and check it has what the report needs."""
-    path = Path(eval_dir) / METRICS_FILE
-    if not path.is_file():
-        raise ReportError(f"{path}: evaluation metrics not found (materialize the evaluation first)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON ({e})") from e
-    missing = [k for k in REQUIRED_KEYS if k not in metrics]
-    if missing:
-        raise ReportError(f"{path}: missing keys {missing}; expected {list(REQUIRED_KEYS)}")
-    return metrics
 
 
 def _ordered_unique(values: Sequence[str]) -> list[str]:
@@ -55,6 +35,32 @@ def _coverage(m: dict[str, Any]) -> str:
     if m["limit"] is None:
         return f"all {m['n_tasks']}"
     return f"{m['n_tasks']} of {m['n_tasks_available']} (limit {m['limit']})"
+
+
+LEGACY_TIMING = (
+    "timed once, cold against warm, with no repeats or spread (evaluation recorded before repeated timing; "
+    "evaluate again)"
+)
+
+
+def _judged(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The speculative block with `speedup_not_meaningful` always present. The evaluation records it (see
+    `wmtp_core.eval.timing.speedup_caveats`); a block recorded before repeated timing has one unrepeated ratio,
+    which is kept as `speedup_median` but is no result."""
+    if not spec or "speedup_not_meaningful" in spec:
+        return spec
+    legacy = {"speedup": None, "speedup_median": spec.get("speedup"), "speedup_not_meaningful": LEGACY_TIMING}
+    return {**spec, **legacy}
+
+
+def _speedup_cell(spec: dict[str, Any]) -> str:
+    """The median speed-up with its range and repeats, or why there is no figure."""
+    if spec["speedup_not_meaningful"]:
+        return f"not meaningful: {spec['speedup_not_meaningful']}"
+    return (
+        f"{spec['speedup']:.2f}x ({spec['speedup_min']:.2f}–{spec['speedup_max']:.2f}x, "
+        f"{spec['repeats']} repeats)"
+    )
 
 
 def summarize(evaluations: Sequence[dict[str, Any]], title: str) -> dict[str, Any]:
@@ -74,7 +80,7 @@ def summarize(evaluations: Sequence[dict[str, Any]], title: str) -> dict[str, An
         for model in models
     }
     speculative = {
-        model: {task: by[model, task].get("speculative") for task in tasks if (model, task) in by}
+        model: {task: _judged(by[model, task].get("speculative")) for task in tasks if (model, task) in by}
         for model in models
     }
     coverage = {
@@ -127,8 +133,13 @@ def render_markdown(summary: dict[str, Any], plots: Sequence[str]) -> str:
             rates = ", ".join(f"{r:.2f}" for r in spec.get("acceptance_rate_per_head", [])) or "–"
             lines.append(
                 f"| {model} | {task} | {spec['prompts']} | {spec['tokens_per_forward']:.2f} | "
-                f"{spec['speedup']:.2f}x | {'yes' if spec['identical_to_greedy'] else '**NO**'} | {rates} |"
+                f"{_speedup_cell(spec)} | {'yes' if spec['identical_to_greedy'] else '**NO**'} | {rates} |"
             )
+    lines += [
+        "",
+        "Speed-up: greedy seconds over self-speculative seconds, median of the timed repeats (range in "
+        "brackets); both decoders timed alike, after an untimed warm-up, in alternating order.",
+    ]
 
     lines += [
         "",
@@ -177,7 +188,25 @@ def plot_speculative(summary: dict[str, Any], out_file: Path, dpi: int) -> Path 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     labels = [r[0] for r in rows]
     left.bar(labels, [r[1]["tokens_per_forward"] for r in rows], label="tokens / forward")
-    left.plot(labels, [r[1]["speedup"] for r in rows], "o", color="black", label="speedup vs greedy")
+    shown = [(x, spec) for x, (_, spec) in enumerate(rows) if not spec["speedup_not_meaningful"]]
+    if shown:
+        medians = [spec["speedup"] for _, spec in shown]
+        left.errorbar(
+            [x for x, _ in shown],
+            medians,
+            yerr=[
+                [m - spec["speedup_min"] for m, (_, spec) in zip(medians, shown, strict=True)],
+                [spec["speedup_max"] - m for m, (_, spec) in zip(medians, shown, strict=True)],
+            ],
+            fmt="o",
+            color="black",
+            capsize=3,
+            label="speedup vs greedy (median, range)",
+        )
+    for x, (_, spec) in enumerate(rows):
+        if spec["speedup_not_meaningful"]:
+            # No point where there is no figure: the reason is in report.md and report.json.
+            left.text(x, 1.0, "speed-up\nnot meaningful", ha="center", va="bottom", fontsize="x-small")
     left.axhline(1.0, color="grey", linewidth=0.8)
     left.set_title("self-speculative decoding")
     left.legend(fontsize="small")
@@ -198,7 +227,8 @@ def plot_speculative(summary: dict[str, Any], out_file: Path, dpi: int) -> Path 
 
 
 def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The numbers DVC tracks: {model: {task: {pass@k..., tokens_per_forward, speedup}}}."""
+    """The numbers DVC tracks: {model: {task: {pass@k..., tokens_per_forward, speedup}}}; no speedup where it is
+    not meaningful (report.json says why)."""
     out: dict[str, Any] = {}
     for model in summary["models"]:
         for task, scores in summary["pass_at_k"][model].items():
@@ -206,7 +236,8 @@ def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
             spec = summary["speculative"][model].get(task)
             if spec:
                 entry["tokens_per_forward"] = spec["tokens_per_forward"]
-                entry["speculative_speedup"] = spec["speedup"]
+                if not spec["speedup_not_meaningful"]:
+                    entry["speculative_speedup"] = spec["speedup"]
             out.setdefault(model, {})[task] = entry
     return out
 
@@ -244,7 +275,8 @@ def write_report(
 )
 @click.option("--title", default=ExperimentReportParams().title, show_default=True)
 def report_command(eval_dirs, out_dir, title):
-    """Side-by-side report of evaluation directories written by `wmtp evaluate` (one per model and task)."""
+    """Side-by-side report of evaluation directories written by `wmtp evaluate` or `wmtp evaluate-completions`
+    (one per model and task)."""
     params = ExperimentReportParams(title=title)
     with atomic_dir(out_dir) as tmp:
         write_report(eval_dirs, tmp, params)

@@ -11,7 +11,6 @@ decoding token for token; only the number of forward passes changes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,11 +21,12 @@ from wmtp_core.eval.generate import Completion, Detokenizer, StopCriteria, check
 
 @dataclass
 class SpeculativeStats:
-    """`accepted_per_head[j]`: verify passes in which head j+2's proposal was accepted (out of `proposed[j]`)."""
+    """`accepted_per_head[j]`: verify passes in which head j+2's proposal was accepted (out of `proposed[j]`).
+
+    No seconds: decoders are timed from outside, all the same way (`wmtp_core.eval.timing`)."""
 
     tokens: int = 0
     forward_passes: int = 0
-    seconds: float = 0.0
     accepted_per_head: list[int] = field(default_factory=list)
     proposed_per_head: list[int] = field(default_factory=list)
 
@@ -37,7 +37,6 @@ class SpeculativeStats:
     def add(self, other: SpeculativeStats) -> None:
         self.tokens += other.tokens
         self.forward_passes += other.forward_passes
-        self.seconds += other.seconds
         width = max(len(self.accepted_per_head), len(other.accepted_per_head))
         for name in ("accepted_per_head", "proposed_per_head"):
             mine, theirs = getattr(self, name), getattr(other, name)
@@ -58,18 +57,17 @@ class SpeculativeStats:
             "tokens": self.tokens,
             "forward_passes": self.forward_passes,
             "tokens_per_forward": self.tokens_per_forward,
-            "seconds": self.seconds,
             "acceptance_rate_per_head": rates,
         }
 
 
 def _run_heads(model, tokens: torch.Tensor, start_pos: int, cache) -> list[torch.Tensor]:
-    """Trunk and every head over tokens [1, L] -> one hidden state [1, L, dim] per head.
+    """Trunk and every head over tokens [1, L] -> hidden states [1, L, dim] of heads 1..n (index k-1: head k).
 
     Every head runs over all L positions so each head's KV cache stays filled for later passes.
     """
     h_trunk = model.trunk(tokens, start_pos, cache)
-    return [model.head(h_trunk, k, start_pos, cache) for k in range(model.n_future)]
+    return [model.head(h_trunk, k, start_pos, cache) for k in range(1, model.n_future + 1)]
 
 
 def _proposals(model, hidden: list[torch.Tensor], position: int) -> list[int]:
@@ -102,7 +100,6 @@ def speculative_generate(
     stats = SpeculativeStats(accepted_per_head=[0] * (n_heads - 1), proposed_per_head=[0] * (n_heads - 1))
     device = next(model.parameters()).device
 
-    started = time.perf_counter()
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens, device=device)
     hidden = _run_heads(model, prompt, 0, cache)
@@ -138,5 +135,4 @@ def speculative_generate(
         guesses = [greedy[n_accepted]] + _proposals(model, hidden, n_accepted)
         pos += 1 + n_accepted
     stats.tokens = len(out)
-    stats.seconds = time.perf_counter() - started
     return criteria.completion(out, reason), stats

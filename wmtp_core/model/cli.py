@@ -123,7 +123,7 @@ def make_micro_cmd(kind, out_dir, vocab_size, seed, tokenizer):
 
     tokenizer_sha = None
     if tokenizer is not None:
-        from wmtp_core.data.tokenizer import Tokenizer
+        from wmtp_core.tokenizer import Tokenizer
 
         tok = Tokenizer(tokenizer)
         tokenizer_sha = tok.sha256

@@ -1,7 +1,8 @@
 """Weight converters: Meta consolidated.pth -> model directory, Hugging Face Llama <-> model directory.
 
 Every converter streams tensor by tensor from a memory-mapped source into `write_model_dir`, so a 7B conversion
-never holds two copies of the weights in memory.
+never holds two copies of the weights in memory. Every directory written here, the Hugging Face export included,
+carries `MANIFEST.json` (wmtp_core.storage's) as its one integrity file.
 
 RoPE: Meta rotates interleaved pairs (x[2j], x[2j+1]); Hugging Face Llama rotates halves (x[j], x[j+d/2]). The two
 agree once the rows of wq and wk are permuted within each head (as transformers' convert_llama_weights_to_hf does).
@@ -33,7 +34,7 @@ from wmtp_core.model.io import (
 )
 from wmtp_core.model.safetensors_file import DTYPES_BY_CODE, CheckpointError, TensorSpec, write_safetensors
 from wmtp_core.model.transformer import Transformer
-from wmtp_core.storage import atomic_dir, sha256_file
+from wmtp_core.storage import atomic_dir, sha256_file, write_manifest
 
 
 def _expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
@@ -395,4 +396,6 @@ def export_hf(
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         generation = {"bos_token_id": 1, "eos_token_id": 2}
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        # transformers ignores the extra file; it makes the export checkable like every other directory.
+        write_manifest(tmp, counts={"parameters": sum(v.numel() for v in state.values()), "tensors": len(specs)})
     return config

@@ -1,4 +1,5 @@
-"""Model directories: safetensors weights (sharded with an index when large), params.json, metadata.json, SHA256SUMS.
+"""Model directories: safetensors weights (sharded with an index when large), params.json, metadata.json and
+MANIFEST.json, the one integrity file.
 
 Layout of a model directory written by `save`:
 
@@ -6,16 +7,19 @@ Layout of a model directory written by `save`:
     model.safetensors                   or model-0000i-of-0000N.safetensors + model.safetensors.index.json
     value_head.safetensors              only when a value head is saved with the policy
     metadata.json                       name, implementation, parameter count, dtype, files, source, tokenizer, value head
-    SHA256SUMS                          `sha256sum -c` format, every other file
+    MANIFEST.json                       wmtp_core.storage's manifest: SHA256 and size of every file, counts
 
-The whole directory is written into a temporary sibling and renamed into place, so a failed write never leaves
-half a checkpoint over a good one. `load` verifies every checksum and checks every key and shape against the model.
+MANIFEST.json is the directory's one integrity file, the same as every asset directory's: inside an asset,
+`storage.publish` adds the asset's params and counts to it rather than writing a second one. The whole
+directory is written into a temporary sibling and renamed into place, so a failed write never leaves half a
+checkpoint over a good one. `load` verifies every SHA256 once (`verify=False` when the caller just did) and
+checks every key and shape against the model.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +28,15 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm import tqdm
 
+from wmtp_core import storage
 from wmtp_core.model.args import ModelArgs
 from wmtp_core.model.safetensors_file import CheckpointError, TensorSpec, read_header, write_safetensors
 from wmtp_core.model.transformer import Transformer
 from wmtp_core.model.value_head import ValueHead
-from wmtp_core.storage import atomic_dir, sha256_file
+from wmtp_core.storage import atomic_dir, write_manifest
 
 PARAMS_FILE = "params.json"
 METADATA_FILE = "metadata.json"
-SUMS_FILE = "SHA256SUMS"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -66,15 +70,6 @@ def _shard_plan(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[Tens
         shards[-1].append(spec)
         size += spec.nbytes
     return shards
-
-
-def _write_sums(directory: Path) -> None:
-    lines = [
-        f"{sha256_file(p)}  {p.name}\n"
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != SUMS_FILE
-    ]
-    (directory / SUMS_FILE).write_text("".join(lines))
 
 
 def write_model_dir(
@@ -144,7 +139,7 @@ def write_model_dir(
             **(extra or {}),
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-        _write_sums(tmp)
+        write_manifest(tmp, counts={"parameters": metadata["parameter_count"], "tensors": len(specs)})
     return metadata
 
 
@@ -212,30 +207,13 @@ def read_args(model_dir: str | Path) -> ModelArgs:
     return ModelArgs.from_json(Path(model_dir) / PARAMS_FILE)
 
 
-def read_sums(model_dir: Path) -> dict[str, str]:
-    path = model_dir / SUMS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checksum file missing; {model_dir} is not a complete model directory")
-    sums = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        digest, sep, file_name = line.partition("  ")
-        if not sep or len(digest) != 64:
-            raise CheckpointError(f"{path}:{lineno}: expected '<sha256>  <file>', got {line!r}")
-        sums[file_name] = digest
-    return sums
-
-
-def _check_sum(model_dir: Path, file_name: str, sums: dict[str, str]) -> None:
-    path = model_dir / file_name
-    if file_name not in sums:
-        raise CheckpointError(f"{path}: not listed in {model_dir / SUMS_FILE}")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file missing (listed in {model_dir / SUMS_FILE})")
-    digest = sha256_file(path)
-    if digest != sums[file_name]:
-        raise CheckpointError(
-            f"{path}: SHA256 {digest} does not match {SUMS_FILE} ({sums[file_name]}): corrupted"
-        )
+def check_integrity(model_dir: str | Path, files: Iterable[str] | None = None) -> dict[str, Any]:
+    """`storage.verify` of a model directory (every file, or only `files`), raising CheckpointError naming the
+    missing, resized, changed or unlisted file. Returns the manifest."""
+    try:
+        return storage.verify(model_dir, files)
+    except storage.StorageError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def _weight_files(model_dir: Path, metadata: dict[str, Any]) -> dict[str, list[str] | None]:
@@ -266,14 +244,11 @@ def load_state_dict(
     dtype: torch.dtype | None = None,
     verify: bool = True,
 ) -> dict[str, Tensor]:
-    """Read every weight file, checking sums, keys and shapes against `expected` (key -> shape)."""
+    """Read every weight file, checking SHA256 (unless `verify=False`), keys and shapes against `expected`."""
     model_dir = Path(model_dir)
-    metadata = read_metadata(model_dir)
-    sums = read_sums(model_dir)
     if verify:
-        for file_name in (PARAMS_FILE, METADATA_FILE, metadata.get("index_file")):
-            if file_name:
-                _check_sum(model_dir, file_name, sums)
+        check_integrity(model_dir)
+    metadata = read_metadata(model_dir)
     state: dict[str, Tensor] = {}
     where: dict[str, str] = {}
     for file_name, indexed_keys in _weight_files(model_dir, metadata).items():
@@ -284,8 +259,6 @@ def load_state_dict(
             )
             raise CheckpointError(f"{path}: shard missing{held if indexed_keys else ''}")
         specs, _ = read_header(path)
-        if verify:
-            _check_sum(model_dir, file_name, sums)
         for key in indexed_keys or []:
             if key not in specs:
                 raise CheckpointError(f"{path}: tensor {key!r} listed in {INDEX_FILE} is not in this file")
@@ -325,15 +298,21 @@ def load(
     dtype: torch.dtype | str | None = None,
     verify: bool = True,
 ) -> Transformer:
-    """Load a model directory as a Transformer (weights in their stored dtype unless `dtype` is given)."""
+    """Load a model directory as a Transformer (weights in their stored dtype unless `dtype` is given).
+
+    Every file is checked against MANIFEST.json first; `verify=False` skips that hash for a caller that has just
+    verified the directory itself.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory does not exist")
+    if verify:
+        check_integrity(model_dir)
     args = read_args(model_dir)
     with torch.device("meta"):
         model = Transformer(args)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = load_state_dict(model_dir, expected, device=device, dtype=parse_dtype(dtype), verify=verify)
+    state = load_state_dict(model_dir, expected, device=device, dtype=parse_dtype(dtype), verify=False)
     model.load_state_dict(state, strict=True, assign=True)
     return model
 
@@ -345,13 +324,16 @@ def load_value_head(
     dtype: torch.dtype | str | None = None,
     verify: bool = True,
 ) -> ValueHead:
-    """Load the value head stored beside the policy weights; an error if the directory has none."""
+    """Load the value head stored beside the policy weights; an error if the directory has none.
+
+    Only metadata.json and the value head's file are checked against MANIFEST.json, not the policy weights.
+    """
     model_dir = Path(model_dir)
     info = read_metadata(model_dir).get("value_head")
     if not info:
         raise CheckpointError(f"{model_dir / METADATA_FILE}: this model directory stores no value head")
     if verify:
-        _check_sum(model_dir, info["file"], read_sums(model_dir))
+        check_integrity(model_dir, [METADATA_FILE, info["file"]])
     with torch.device("meta"):
         head = ValueHead(int(info["dim"]))
     expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}

@@ -1,7 +1,10 @@
 """Meta's multi-token-prediction LLaMA (Gloeckle et al. 2024), top to bottom in the order data flows.
 
 tokens -> tok_embeddings -> layers[:-1] (the trunk) -> h_trunk
-h_trunk -> head k (k=0: layers[-1]; k>=1: extra_heads[k-1]) -> norm -> output -> logits of token t+k+1
+h_trunk -> head k (k=1: layers[-1]; k>=2: extra_heads[k-2]) -> norm -> output -> logits of token t+k
+
+Heads are numbered from 1, as in DESIGN.md: head k at position t predicts token t+k, so head 1 is the next-token
+head.
 
 Parameter names follow facebook/multi-token-prediction so its consolidated.pth loads with strict=True. Rotary
 embeddings use Meta's interleaved complex pairs and are computed per call, so no RoPE tensor is ever stored.
@@ -53,7 +56,7 @@ def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
 
 @dataclass
 class KVCache:
-    """Keys and values of every block (trunk blocks first, then head 0, 1, ...), each [B, n_kv_heads, S, d].
+    """Keys and values of every block (trunk blocks first, then head 1, 2, ...), each [B, n_kv_heads, S, d].
 
     Positional: a call with start_pos=p overwrites positions p..p+T-1 and attends to 0..p+T-1, so dropping
     rejected speculative tokens is just calling again with a smaller start_pos.
@@ -179,13 +182,15 @@ class Transformer(nn.Module):
         return h
 
     def head(self, h_trunk: Tensor, k: int, start_pos: int = 0, cache: KVCache | None = None) -> Tensor:
-        """Head k (0-based; head k at position t predicts token t+k+1): h_trunk [B, T, dim] -> [B, T, dim]."""
-        if not 0 <= k < self.n_future:
-            raise IndexError(f"head k={k}: this model has heads 0..{self.n_future - 1}")
+        """Head k (1-based: head k at position t predicts token t+k): h_trunk [B, T, dim] -> [B, T, dim]."""
+        if not 1 <= k <= self.n_future:
+            raise IndexError(
+                f"head k={k}: this model has heads 1..{self.n_future} (head k predicts token t+k)"
+            )
         bsz, seqlen, _ = h_trunk.shape
         self._check_cache(cache, bsz, start_pos, seqlen)
-        block = self.layers[-1] if k == 0 else self.extra_heads[k - 1]
-        slot = self.n_trunk_layers + k
+        block = self.layers[-1] if k == 1 else self.extra_heads[k - 2]
+        slot = self.n_trunk_layers + k - 1
         kv = None if cache is None else (cache.keys[slot], cache.values[slot])
         return block(h_trunk, self._freqs(start_pos, seqlen, h_trunk.device), start_pos, kv)
 
@@ -196,7 +201,8 @@ class Transformer(nn.Module):
     def forward(
         self, tokens: Tensor, all_heads: bool = False, start_pos: int = 0, cache: KVCache | None = None
     ) -> Tensor:
-        """Logits [B, T, n_used, vocab], n_used = n_future if all_heads else 1 (the next-token head).
+        """Logits [B, T, n_used, vocab], n_used = n_future if all_heads else 1 (head 1, the next-token head).
+        Along dim 2, index k-1 holds head k.
 
         For one head take `.squeeze(2)` (a view); indexing `[:, :, 0]` makes backward copy the whole logits.
         """
@@ -204,11 +210,11 @@ class Transformer(nn.Module):
         n_used = self.n_future if all_heads else 1
         if cache is not None:
             # Every head block writes its keys and values, so a later all_heads call finds them at every position.
-            for k in range(n_used, self.n_future):
+            for k in range(n_used + 1, self.n_future + 1):
                 self.head(h_trunk, k, start_pos, cache)
         if n_used == 1:
-            return self.unembed(self.head(h_trunk, 0, start_pos, cache)).unsqueeze(2)
-        latents = [self.head(h_trunk, k, start_pos, cache) for k in range(n_used)]
+            return self.unembed(self.head(h_trunk, 1, start_pos, cache)).unsqueeze(2)
+        latents = [self.head(h_trunk, k, start_pos, cache) for k in range(1, n_used + 1)]
         return self.unembed(torch.stack(latents, dim=2))
 
     def new_cache(

@@ -304,3 +304,65 @@ def test_push_to_s3_wipe_and_pull_restores_identical_files(pipeline: Pipeline):
     finally:
         moto.terminate()
         moto.wait(timeout=30)
+
+
+def _dvc_changed(pipeline: Pipeline) -> set[str]:
+    out = subprocess.run(["dvc", "status", "--json"], cwd=pipeline.repo, env=pipeline.env, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return set(json.loads(out.stdout))
+
+
+def _dagster_stale(pipeline: Pipeline) -> set[str]:
+    out = subprocess.run([str(BIN / "wmtp"), "status", "--json"], cwd=pipeline.repo, env=pipeline.env,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return set(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize(
+    ("edited", "expected"),
+    [
+        # The template fixes every row's tokens: the rows and their index are rebuilt, nothing upstream.
+        ("wmtp_core/data/prompts.py", {"codecontests_processed", "codecontests_index"}),
+        # Only evaluation runs programs: the tokenizer and everything else stays.
+        ("wmtp_core/sandbox/server.py", {"eval_base_model_humaneval", "eval_base_model_mbpp"}),
+    ],
+)
+def test_an_edit_marks_the_same_assets_in_dvc_status_and_the_dagster_ui(pipeline: Pipeline, edited, expected):
+    assert _dvc_changed(pipeline) == set() and _dagster_stale(pipeline) == set()
+    path = pipeline.repo / edited
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        changed = _dvc_changed(pipeline)
+        assert changed == expected
+        assert _dagster_stale(pipeline) == changed
+    finally:
+        path.write_text(original)
+    assert _dvc_changed(pipeline) == set() and _dagster_stale(pipeline) == set()
+
+
+def test_replacing_an_external_input_at_the_same_path_reruns_its_stage(pipeline: Pipeline):
+    import pyarrow.parquet as pq
+
+    from wmtp_core.data import demo
+
+    external = pipeline.repo.parent / "code_contests"
+    external.mkdir()
+    tables = demo.demo_tables()
+    for split, table in tables.items():
+        pq.write_table(table, external / demo.hub_file_name(split))
+    params_path = pipeline.repo / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["codecontests_raw"]["path"] = "../code_contests"  # relative to params.yaml
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline.run("wmtp", "dvc-yaml")
+    assert str(external) in yaml.safe_load((pipeline.repo / "dvc.yaml").read_text())["stages"]["codecontests_raw"]["deps"]
+    assert ran(pipeline.run("dvc", "repro", "-s", "codecontests_raw")) == {"codecontests_raw"}
+    assert "codecontests_raw" not in _dvc_changed(pipeline) | _dagster_stale(pipeline)
+
+    train = external / demo.hub_file_name("train")
+    pq.write_table(tables["train"].slice(0, tables["train"].num_rows - 1), train)  # same path, other rows
+    assert "codecontests_raw" in _dvc_changed(pipeline)
+    assert "codecontests_raw" in _dagster_stale(pipeline)
+    assert ran(pipeline.run("dvc", "repro", "-s", "codecontests_raw")) == {"codecontests_raw"}
+    assert "codecontests_raw" not in _dvc_changed(pipeline) | _dagster_stale(pipeline)

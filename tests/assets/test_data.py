@@ -10,7 +10,7 @@ import pytest
 
 from assets import data, sources
 from dagster_defs.resources import build_resources
-from tests.data.conftest import LLAMA2_SHA256
+from tests.conftest import LLAMA2_SHA256
 from wmtp_core.data.index import read_index
 from wmtp_core.data.sampling import read_rows
 from wmtp_core.storage import verify

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from wmtp_core.storage import sha256_file
+from wmtp_core.storage import read_manifest, sha256_file
+
+TOKENIZER_FILE = "tokenizer.model"  # the file of a tokenizer directory (the `tokenizer` asset)
 
 
 class TokenizerError(ValueError):
@@ -30,6 +32,15 @@ class Tokenizer:
             self.sp.Load(str(self.path))
         except (OSError, RuntimeError) as e:
             raise TokenizerError(f"{self.path}: not a SentencePiece model ({e})") from e
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> Tokenizer:
+        """The tokenizer stored in an asset directory, verified once against its manifest's SHA256."""
+        directory = Path(directory)
+        entry = read_manifest(directory)["files"].get(TOKENIZER_FILE)
+        if entry is None:
+            raise TokenizerError(f"{directory}: its manifest lists no {TOKENIZER_FILE}")
+        return cls(directory / TOKENIZER_FILE, expected_sha256=entry["sha256"])
 
     @property
     def vocab_size(self) -> int:
