@@ -198,7 +198,7 @@ def _paths_in(value: Any) -> Iterator[Path]:
 
 def external_inputs(section: str | None, params_path: Path) -> list[str]:
     """Paths the section names outside `storage/`: relative to the repository when inside it, else absolute."""
-    if section is None:
+    if section is None or not params_path.is_file():  # no file: every section at its defaults, no paths
         return []
     params = load_params(params_path)
     storage = (REPO / "storage").resolve()
@@ -211,7 +211,7 @@ def external_inputs(section: str | None, params_path: Path) -> list[str]:
 
 
 def _section_values(params_path: Path) -> dict[str, Any]:
-    return yaml.safe_load(params_path.read_text()) or {}
+    return (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
 
 
 def _fingerprint(path: Path) -> list:
