@@ -1,5 +1,5 @@
 """Steps the source and data assets call, run without Dagster: counts and corpus of the raw rows, the tokenizer
-they train, the stored tokenizer's loading, and the validators of processed rows and their index."""
+they train, and the validators of processed rows and their index."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from wmtp_core.data import demo
 from wmtp_core.data.codecontests import count_solutions, tokenizer_corpus
 from wmtp_core.data.index import INDEX_FILE, index_disagreements
 from wmtp_core.data.prepare import validate_processed
-from wmtp_core.storage import publish
-from wmtp_core.tokenizer import Tokenizer, TokenizerError
+from wmtp_core.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +55,6 @@ def test_train_tokenizer_command_trains_on_the_corpus(demo_source, tmp_path):
     assert tok.decode(tok.encode("def f(x):\n\treturn x  # ü\n")) == "def f(x):\n\treturn x  # ü\n"
     bad = CliRunner().invoke(train_tokenizer_command, [str(tmp_path), str(tmp_path / "u.model")])
     assert bad.exit_code != 0
-
-
-def test_stored_tokenizer_is_checked_against_its_manifest(tmp_path, llama2_tokenizer):
-    stored = tmp_path / "tokenizer"
-    publish(stored, lambda tmp: shutil.copyfile(llama2_tokenizer, tmp / "tokenizer.model") and None)
-    tok = Tokenizer.from_directory(stored)
-    assert tok.vocab_size == 32000
-    with open(stored / "tokenizer.model", "r+b") as f:
-        f.seek(100)
-        f.write(b"\0")
-    with pytest.raises(TokenizerError, match=r"tokenizer\.model: SHA256 .* does not match"):
-        Tokenizer.from_directory(stored)
 
 
 def test_validators_pass_good_files_and_name_each_fault(tmp_path, processed):

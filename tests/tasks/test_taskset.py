@@ -1,13 +1,12 @@
-"""Task sets: an explicit limit is said aloud and recorded, stop sequences cut completions, names are checked."""
+"""Task sets: an explicit limit is said aloud and recorded, names are checked."""
 
 from __future__ import annotations
 
 import pytest
 
 from wmtp_core.tasks import load_tasks
-from wmtp_core.tasks.humaneval import HUMANEVAL_STOP, humaneval_tasks
-from wmtp_core.tasks.mbpp import MBPP_STOP
-from wmtp_core.tasks.taskset import TaskError, truncate_at_stop
+from wmtp_core.tasks.humaneval import humaneval_tasks
+from wmtp_core.tasks.taskset import TaskError
 
 
 def test_limit_is_printed_and_recorded(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,10 +31,3 @@ def test_mbpp_ids_are_normalized_humaneval_ids_are_not() -> None:
     assert load_tasks("mbpp", limit=1).normalize_id("MBPP/11") == "11"
     assert load_tasks("mbpp", limit=1).normalize_id(11) == "11"
     assert humaneval_tasks(limit=1).normalize_id("HumanEval/0") == "HumanEval/0"
-
-
-def test_truncate_at_earliest_stop_sequence() -> None:
-    text = "    return x\n\ndef helper():\n    pass\nif __name__"
-    assert truncate_at_stop(text, HUMANEVAL_STOP) == "    return x\n"
-    assert truncate_at_stop("def f():\n    return 1\n[DONE]\nmore", MBPP_STOP) == "def f():\n    return 1\n"
-    assert truncate_at_stop("no stop here", MBPP_STOP) == "no stop here"

@@ -70,12 +70,6 @@ class TaskSet:
         return text
 
 
-def truncate_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
-    """Cut `text` at the earliest stop sequence (the stop sequence itself is dropped)."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
-
-
 def limit_tasks(name: str, split: str, tasks: list[Task], limit: int | None) -> TaskSet:
     """All `tasks`, or the first `limit` of them, said aloud: a limited evaluation must never pass for a full one."""
     total = len(tasks)
