@@ -19,7 +19,8 @@ def test_every_command_has_help(wmtp) -> None:
     runner = CliRunner()
     assert set(wmtp.commands) >= {"convert-meta", "import-hf", "export-hf", "make-micro", "prepare-codecontests",
                                   "check-labels", "evaluate-completions", "evaluate", "experiment-report",
-                                  "materialize", "dvc-yaml", "demo", "ui"}  # fmt: skip
+                                  "materialize", "dvc-yaml", "status", "demo", "ui", "train-tokenizer",
+                                  "check-processed"}  # fmt: skip
     for name in wmtp.commands:
         result = runner.invoke(wmtp, [name, "--help"])
         assert result.exit_code == 0 and "Usage: " in result.output, name

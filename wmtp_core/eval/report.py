@@ -208,6 +208,7 @@ def plot_speculative(summary: dict[str, Any], out_file: Path, dpi: int) -> Path 
             # No point where there is no figure: the reason is in report.md and report.json.
             left.text(x, 1.0, "speed-up\nnot meaningful", ha="center", va="bottom", fontsize="x-small")
     left.axhline(1.0, color="grey", linewidth=0.8)
+    left.set_ylim(0, left.get_ylim()[1] * 1.25)  # room for the labels above the bars
     left.set_title("self-speculative decoding")
     left.legend(fontsize="small")
     left.tick_params(axis="x", labelsize="small")
