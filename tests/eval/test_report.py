@@ -50,13 +50,7 @@ def eval_dirs(tmp_path):
         _metrics("policy_rho1", "humaneval", {1: 0.15, 10: 0.35}, limit=20),
         _metrics("policy_rho1", "mbpp", {1: 0.25, 10: 0.5}, n_tasks=500),
     ]
-    dirs = []
-    for m in evaluations:
-        d = tmp_path / f"eval_{m['model']}_{m['task']}"
-        d.mkdir()
-        (d / "metrics.json").write_text(json.dumps(m))
-        dirs.append(d)
-    return dirs
+    return _write(tmp_path, evaluations)
 
 
 def test_side_by_side_table_and_coverage(eval_dirs, tmp_path):
