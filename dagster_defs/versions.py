@@ -25,7 +25,7 @@ import inspect
 import json
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +82,24 @@ def _imported_modules(module: types.ModuleType) -> set[str]:
     return found
 
 
+def _reachable(start: Any, next_of: Callable[[Any], Iterable[Any]]) -> list[Any]:
+    """Everything reachable from `start` through `next_of`, each visited once (imports and calls have cycles)."""
+    seen: dict[Any, None] = {}  # insertion-ordered set
+    todo = [start]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen[current] = None
+            todo += [n for n in next_of(current) if n not in seen]
+    return list(seen)
+
+
 @functools.cache
 def module_closure(name: str) -> frozenset[str]:
     """A project module and every project module it imports, transitively: their files (repo-relative)."""
-    files: set[str] = set()
-    todo, seen = [name], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        module = importlib.import_module(current)
-        if getattr(module, "__file__", None) and (rel := repo_path(module.__file__)):
-            files.add(rel)
-            todo += sorted(_imported_modules(module) - seen)
-    return frozenset(files)
+    names = _reachable(name, lambda m: sorted(_imported_modules(importlib.import_module(m))))
+    files = (getattr(importlib.import_module(m), "__file__", None) for m in names)
+    return frozenset(rel for f in files if f and (rel := repo_path(f)))
 
 
 # ---- function level: the asset's own code --------------------------------------------------------------------
@@ -139,24 +142,21 @@ def _functions_of(obj: Any) -> Iterator[types.FunctionType]:
 
 def function_closure(fn: types.FunctionType) -> frozenset[str]:
     """Files of the code `fn` runs: see the module docstring."""
-    files: set[str] = set()
-    todo, seen = [fn], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if rel := repo_path(inspect.getfile(current)):
-            files.add(rel)
+    modules: set[str] = set()
+
+    def called(current: types.FunctionType) -> Iterator[types.FunctionType]:
         for obj in _referenced(current):
             module = _module_of(obj)
             if not _own(module):
                 continue
             if module.split(".")[0] == _FOLLOWED_BY_FUNCTION and not isinstance(obj, types.ModuleType):
-                todo += [f for f in _functions_of(obj) if f not in seen]
+                yield from _functions_of(obj)
             else:
-                files |= module_closure(module)
-    return frozenset(files)
+                modules.add(module)
+
+    functions = _reachable(fn, lambda f: list(called(f)))
+    files = {rel for f in functions if (rel := repo_path(inspect.getfile(f)))}
+    return frozenset(files.union(*(module_closure(m) for m in modules)))
 
 
 def compute_fn(assets_def: dg.AssetsDefinition) -> types.FunctionType:

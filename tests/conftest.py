@@ -12,6 +12,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"  # ../shared/data/llama2-tokenizer
 
 
+def flip_byte(path: Path, at: int = -5) -> None:
+    """Corrupt one byte of a file in place, keeping its size (only a hash can tell)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     # Two xdist workers share 2 cores; two intra-op threads per worker would spin against each other and a tiny

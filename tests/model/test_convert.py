@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.conftest import flip_byte
 from wmtp_core.model import CheckpointError, ModelArgs, Transformer, load, make_micro, read_metadata, save
 from wmtp_core.model.cli import commands
 from wmtp_core.model.convert import convert_meta, export_hf, import_hf, permute_hf_to_meta, permute_meta_to_hf
@@ -245,9 +246,7 @@ def test_a_model_converted_by_the_cli_has_one_integrity_file_loads_and_fails_whe
     loaded = load(conv).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if k != "rope.freqs")
     weights = conv / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-3] ^= 0x01
-    weights.write_bytes(bytes(data))
+    flip_byte(weights, -3)
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(weights))}: SHA256 .* does not match manifest"):
         load(conv)
     result = CliRunner().invoke(cli, ["export-hf", str(conv), str(tmp_path / "hf")])

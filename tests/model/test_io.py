@@ -7,6 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import flip_byte
 from wmtp_core.model import (
     CheckpointError,
     ModelArgs,
@@ -169,9 +170,7 @@ def test_truncated_file_names_file_and_tensor(saved):
 
 def test_tampered_weights_fail_to_load_naming_the_file(saved):
     path = saved / "model.safetensors"
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_byte(path)
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: SHA256 [0-9a-f]{{64}} does not match manifest"):
         load(saved)
 
@@ -184,9 +183,7 @@ def test_tampered_value_head_fails_its_load_without_hashing_the_policy(tmp_path,
     load_value_head(tmp_path / "m")
     assert sorted(hashed) == ["metadata.json", "value_head.safetensors"]
     path = tmp_path / "m" / "value_head.safetensors"
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_byte(path, -1)
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: SHA256 .* does not match manifest"):
         load_value_head(tmp_path / "m")
 

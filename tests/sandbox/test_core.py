@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sandbox.conftest import processes_with
 from wmtp_core.sandbox.core import Limits, Sandbox, SandboxError, namespaces_available, run
 from wmtp_core.sandbox.function_tests import judge_program
 
@@ -120,14 +121,7 @@ def test_timeout_kills_every_process_even_outside_the_group(sandbox: Sandbox) ->
     body = f"import subprocess\nsubprocess.Popen(['sleep', '{token}'], start_new_session=True)\nwhile True:\n    pass"
     verdict = judge(sandbox, body, timeout_s=1.5)
     assert verdict.status == "timeout"
-    leftovers = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and token.encode() in (entry / "cmdline").read_bytes():
-                leftovers.append(entry.name)
-        except OSError:
-            continue
-    assert leftovers == []
+    assert processes_with(token) == []
 
 
 def test_fork_bomb_is_contained(sandbox: Sandbox) -> None:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 
 import pytest
 
+from tests.sandbox.conftest import processes_with
 from wmtp_core.sandbox.stdio import IOTest, judge_stdio, outputs_match
 
 DOUBLE = "print(2 * int(input()))\n"
 TESTS = [IOTest("public_tests[0]", "2\n", "4\n"), IOTest("private_tests[0]", "5\n", "10\n")]
 
 
-def _processes_with(token: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and token.encode() in (entry / "cmdline").read_bytes():
-                found.append(entry.name)
-        except OSError:
-            continue
-    return found
 
 
 @pytest.mark.parametrize(
@@ -76,14 +67,14 @@ def test_timeout_stops_at_the_first_failure_and_kills_every_process() -> None:
     source = f"import subprocess\nsubprocess.Popen(['sleep', '{token}'], start_new_session=True)\nwhile True:\n    pass\n"
     verdict = judge_stdio(source, TESTS, timeout_s=1.0, stop_on_failure=True)
     assert [(o.test, o.status) for o in verdict.outcomes] == [("public_tests[0]", "timeout")]
-    assert _processes_with(token) == []
+    assert processes_with(token) == []
 
 
 def test_background_children_die_when_the_program_exits() -> None:
     token = f"1000.{secrets.randbelow(10**9)}"
     source = f"import subprocess\nsubprocess.Popen(['sleep', '{token}'], start_new_session=True)\n{DOUBLE}"
     assert judge_stdio(source, TESTS[:1], timeout_s=10).passed
-    assert _processes_with(token) == []
+    assert processes_with(token) == []
 
 
 def test_output_beyond_the_file_size_limit_is_a_runtime_error() -> None:
