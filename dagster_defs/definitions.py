@@ -14,27 +14,27 @@ import dagster as dg
 
 import assets
 from dagster_defs.resources import build_resources
-from dagster_defs.versions import code_deps, code_version, external_inputs, params_section
+from dagster_defs.versions import ParamsFile, code_deps, code_version, external_inputs, params_section
 
 MAIN_JOB = "main"
 
 
-def with_code_versions(assets_def: dg.AssetsDefinition, params_path: Path) -> dg.AssetsDefinition:
+def with_code_versions(assets_def: dg.AssetsDefinition, params: ParamsFile) -> dg.AssetsDefinition:
     deps = code_deps(assets_def)
 
     def versioned(spec: dg.AssetSpec) -> dg.AssetSpec:
         section = params_section(spec.key.to_user_string(), spec.group_name, dict(spec.metadata))
-        external = external_inputs(section, params_path)
-        return spec.replace_attributes(code_version=code_version(deps, section, external, params_path))
+        external = external_inputs(section, params)
+        return spec.replace_attributes(code_version=code_version(deps, section, external, params))
 
     return assets_def.map_asset_specs(versioned)
 
 
 def build_definitions(storage_root: str | None = None, params_path: str | None = None) -> dg.Definitions:
     resources = build_resources(storage_root, params_path)
-    params_file = Path(resources["params"].path)
+    params = ParamsFile.read(Path(resources["params"].path))
     all_assets = [
-        with_code_versions(a, params_file) if isinstance(a, dg.AssetsDefinition) else a
+        with_code_versions(a, params) if isinstance(a, dg.AssetsDefinition) else a
         for a in dg.load_assets_from_package_module(assets)
     ]
     checks = dg.load_asset_checks_from_package_module(assets)

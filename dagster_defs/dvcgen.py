@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from dagster_defs.versions import REPO, code_deps, external_inputs, params_section
+from dagster_defs.versions import REPO, ParamsFile, code_deps, external_inputs, params_section
 
 HEADER = "# Generated from the Dagster asset graph by `wmtp dvc-yaml`; do not edit (a test compares it).\n"
 
@@ -57,6 +57,7 @@ def _toposorted(graph) -> list[dg.AssetKey]:
 
 def stages(defs: dg.Definitions, params_path: Path = REPO / "params.yaml") -> dict[str, dict[str, Any]]:
     graph = defs.resolve_asset_graph()
+    params = ParamsFile.read(params_path)
     out: dict[str, dict[str, Any]] = {}
     for key in _toposorted(graph):
         node = graph.get(key)
@@ -67,7 +68,7 @@ def stages(defs: dg.Definitions, params_path: Path = REPO / "params.yaml") -> di
         code = code_deps(defs.resolve_assets_def(key))
         stage: dict[str, Any] = {
             "cmd": f"wmtp materialize {name}",
-            "deps": _without_nested(set(upstream) | set(code) | set(external_inputs(section, params_path))),
+            "deps": _without_nested(set(upstream) | set(code) | set(external_inputs(section, params))),
         }
         if section:
             stage["params"] = [section]

@@ -26,6 +26,7 @@ import json
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,45 +197,56 @@ def _paths_in(value: Any) -> Iterator[Path]:
             yield from _paths_in(item)
 
 
-def external_inputs(section: str | None, params_path: Path) -> list[str]:
+@dataclass(frozen=True)
+class ParamsFile:
+    """params.yaml read once: its raw sections (what DVC compares) and the validated `Params` (resolved paths)."""
+
+    values: dict[str, Any]
+    params: Params
+
+    @classmethod
+    def read(cls, path: Path) -> ParamsFile:
+        if not path.is_file():  # no file: every section at its defaults, no paths
+            return cls({}, Params())
+        return cls(yaml.safe_load(path.read_text()) or {}, load_params(path))
+
+
+def external_inputs(section: str | None, params: ParamsFile) -> list[str]:
     """Paths the section names outside `storage/`: relative to the repository when inside it, else absolute."""
-    if section is None or not params_path.is_file():  # no file: every section at its defaults, no paths
+    if section is None:
         return []
-    params = load_params(params_path)
     storage = (REPO / "storage").resolve()
-    found = []
-    for path in _paths_in(getattr(params, section)):
-        if path.resolve().is_relative_to(storage):
-            continue
-        found.append(repo_path(path) or str(path))
-    return sorted(set(found))
+    found = {
+        repo_path(path) or str(path)
+        for path in _paths_in(getattr(params.params, section))
+        if not path.resolve().is_relative_to(storage)
+    }
+    return sorted(found)
 
 
-def _section_values(params_path: Path) -> dict[str, Any]:
-    return (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
+def _files_under(path: Path) -> list[Path]:
+    """`path` itself, or every file below it (byte-compiled files aside), in a stable order."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
 def _fingerprint(path: Path) -> list:
     """Cheap identity of an external input (size and mtime of each file): large weights are never hashed here."""
     if not path.exists():
         return [str(path), "missing"]
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [str(path), [(p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+    stats = [(p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in _files_under(path)]
+    return [str(path), stats]
 
 
-def code_version(deps: list[str], section: str | None, external: list[str], params_path: Path) -> str:
+def code_version(deps: list[str], section: str | None, external: list[str], params: ParamsFile) -> str:
     """SHA256 (first 16 hex digits) over the code deps' contents, the params section's values and external inputs."""
     digest = hashlib.sha256()
     for dep in deps:
-        path = REPO / dep
-        files = [path] if path.is_file() else sorted(
-            p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-        )
-        for f in files:
+        for f in _files_under(REPO / dep):
             digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     if section is not None:
-        value = _section_values(params_path).get(section)
-        digest.update(json.dumps({section: value}, sort_keys=True, default=str).encode())
+        digest.update(json.dumps({section: params.values.get(section)}, sort_keys=True, default=str).encode())
     for ext in external:
         digest.update(json.dumps(_fingerprint(Path(ext) if Path(ext).is_absolute() else REPO / ext)).encode())
     return digest.hexdigest()[:16]

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_defs.definitions import build_definitions, defs
 from dagster_defs.versions import (
     REPO,
+    ParamsFile,
     code_deps,
     code_version,
     external_inputs,
@@ -66,7 +67,7 @@ def test_external_inputs_are_the_paths_params_name_outside_storage(tmp_path):
         "base_model: {source: meta, meta_dir: weights/7B}\n"
         f"mbpp_processed: {{path: {REPO / 'storage' / 'elsewhere.jsonl'}}}\n"
     )
-    params = tmp_path / "params.yaml"
+    params = ParamsFile.read(tmp_path / "params.yaml")
     assert external_inputs("codecontests_raw", params) == [str(tmp_path / "cc")]
     assert external_inputs("base_model", params) == [str(tmp_path / "weights/7B")]
     assert external_inputs("mbpp_processed", params) == []  # inside storage/: an asset, tracked as such
@@ -75,14 +76,17 @@ def test_external_inputs_are_the_paths_params_name_outside_storage(tmp_path):
 
 
 def test_code_version_changes_with_the_section_the_code_and_external_inputs(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("base_model: {seed: 0}\ntokenizer: {vocab_size: 1024}\n")
+    path = tmp_path / "params.yaml"
+    path.write_text("base_model: {seed: 0}\ntokenizer: {vocab_size: 1024}\n")
+    params = ParamsFile.read(path)
     deps = ["wmtp_core/model/micro.py"]
     first = code_version(deps, "base_model", [], params)
     assert code_version(deps, "base_model", [], params) == first
-    params.write_text("base_model: {seed: 0}\ntokenizer: {vocab_size: 2048}\n")
+    path.write_text("base_model: {seed: 0}\ntokenizer: {vocab_size: 2048}\n")
+    params = ParamsFile.read(path)
     assert code_version(deps, "base_model", [], params) == first  # another section
-    params.write_text("base_model: {seed: 1}\ntokenizer: {vocab_size: 2048}\n")
+    path.write_text("base_model: {seed: 1}\ntokenizer: {vocab_size: 2048}\n")
+    params = ParamsFile.read(path)
     assert code_version(deps, "base_model", [], params) != first
     assert code_version([*deps, "wmtp_core/model/args.py"], "base_model", [], params) != code_version(
         deps, "base_model", [], params
