@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from dagster_defs.versions import REPO, ParamsFile, code_deps, external_inputs, params_section
+from dagster_defs.versions import REPO, ParamsFile, code_deps, external_inputs, params_section, section_keys
 
 HEADER = "# Generated from the Dagster asset graph by `wmtp dvc-yaml`; do not edit (a test compares it).\n"
 
@@ -71,7 +71,7 @@ def stages(defs: dg.Definitions, params_path: Path = REPO / "params.yaml") -> di
             "deps": _without_nested(set(upstream) | set(code) | set(external_inputs(section, params))),
         }
         if section:
-            stage["params"] = [section]
+            stage["params"] = section_keys(section)
         stage["outs"] = [storage_dir(group, name)]
         out[name] = stage
     return out

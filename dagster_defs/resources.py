@@ -90,10 +90,11 @@ class MlflowResource(dg.ConfigurableResource):
 class LauncherResource(dg.ConfigurableResource):
     """How training processes start: `torchrun --nproc-per-node N --nnodes M` with this backend and device.
 
-    `auto` picks nccl/cuda when a GPU is visible and gloo/cpu otherwise.
+    `auto` picks nccl/cuda when a GPU is visible and gloo/cpu otherwise; `nproc_per_node: 0` is one process per
+    visible GPU, or 2 CPU processes on gloo (the embedded default tests the distributed path on a laptop).
     """
 
-    nproc_per_node: int = 1
+    nproc_per_node: int = 0
     nnodes: int = 1
     backend: str = "auto"
     device: str = "auto"
@@ -106,19 +107,24 @@ class LauncherResource(dg.ConfigurableResource):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def resolved_nproc_per_node(self) -> int:
+        if self.nproc_per_node > 0:
+            return self.nproc_per_node
+        import torch
+
+        return torch.cuda.device_count() if self.resolved_device().startswith("cuda") else 2
+
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
         return "nccl" if self.resolved_device().startswith("cuda") else "gloo"
 
-    def torchrun_args(self) -> list[str]:
-        return [
-            "torchrun",
-            f"--nproc-per-node={self.nproc_per_node}",
-            f"--nnodes={self.nnodes}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={self.rdzv_endpoint}",
-        ]
+    def rendezvous(self):
+        """torchrun's rendezvous: standalone on one node, the c10d endpoint across several."""
+        from wmtp_core.train.launch import Rendezvous
+
+        endpoint = self.rdzv_endpoint if self.nnodes > 1 else None
+        return Rendezvous(self.resolved_nproc_per_node(), self.nnodes, endpoint)
 
 
 def build_resources(storage_root: str | Path | None = None, params_path: str | Path | None = None) -> dict:
@@ -141,7 +147,7 @@ def build_resources(storage_root: str | Path | None = None, params_path: str | P
             artifact_location=env.get("WMTP_MLFLOW_ARTIFACTS") or (mlflow_dir / "artifacts").as_uri(),
         ),
         "launcher": LauncherResource(
-            nproc_per_node=int(env.get("WMTP_NPROC_PER_NODE", "1")),
+            nproc_per_node=int(env.get("WMTP_NPROC_PER_NODE", "0")),
             nnodes=int(env.get("WMTP_NNODES", "1")),
             backend=env.get("WMTP_BACKEND", "auto"),
             device=env.get("WMTP_DEVICE", "auto"),

@@ -176,8 +176,28 @@ def code_deps(assets_def: dg.AssetsDefinition) -> list[str]:
 # ---- params and external inputs ------------------------------------------------------------------------------
 
 
-def params_section(name: str, group: str | None, metadata: dict[str, Any]) -> str | None:
-    """The params.yaml section an asset reads: `dvc/params` metadata, else its own name, else its group's."""
+Section = str | list[str] | None  # a section, or dotted keys of several (`train.defaults`, `train.rho1`)
+
+
+def section_keys(section: Section) -> list[str]:
+    """The params.yaml keys a stage depends on, as DVC lists them."""
+    if section is None:
+        return []
+    return [section] if isinstance(section, str) else list(section)
+
+
+def _lookup(root: Any, key: str) -> Any:
+    """A dotted key's value in the raw mapping or the validated model (None when absent)."""
+    for part in key.split("."):
+        root = root.get(part) if isinstance(root, dict) else getattr(root, part, None)
+        if root is None:
+            return None
+    return root
+
+
+def params_section(name: str, group: str | None, metadata: dict[str, Any]) -> Section:
+    """The params.yaml section an asset reads: `dvc/params` metadata (a section or a list of dotted keys), else
+    its own name, else its group's."""
     if "dvc/params" in metadata:
         return metadata["dvc/params"]
     for key in (name, group):
@@ -211,14 +231,13 @@ class ParamsFile:
         return cls(yaml.safe_load(path.read_text()) or {}, load_params(path))
 
 
-def external_inputs(section: str | None, params: ParamsFile) -> list[str]:
+def external_inputs(section: Section, params: ParamsFile) -> list[str]:
     """Paths the section names outside `storage/`: relative to the repository when inside it, else absolute."""
-    if section is None:
-        return []
     storage = (REPO / "storage").resolve()
     found = {
         repo_path(path) or str(path)
-        for path in _paths_in(getattr(params.params, section))
+        for key in section_keys(section)
+        for path in _paths_in(_lookup(params.params, key))
         if not path.resolve().is_relative_to(storage)
     }
     return sorted(found)
@@ -239,14 +258,14 @@ def _fingerprint(path: Path) -> list:
     return [str(path), stats]
 
 
-def code_version(deps: list[str], section: str | None, external: list[str], params: ParamsFile) -> str:
+def code_version(deps: list[str], section: Section, external: list[str], params: ParamsFile) -> str:
     """SHA256 (first 16 hex digits) over the code deps' contents, the params section's values and external inputs."""
     digest = hashlib.sha256()
     for dep in deps:
         for f in _files_under(REPO / dep):
             digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    if section is not None:
-        digest.update(json.dumps({section: params.values.get(section)}, sort_keys=True, default=str).encode())
+    for key in section_keys(section):
+        digest.update(json.dumps({key: _lookup(params.values, key)}, sort_keys=True, default=str).encode())
     for ext in external:
         digest.update(json.dumps(_fingerprint(Path(ext) if Path(ext).is_absolute() else REPO / ext)).encode())
     return digest.hexdigest()[:16]

@@ -39,8 +39,9 @@ def _register() -> None:
     from wmtp_core.data.cli import commands as data_commands
     from wmtp_core.eval.cli import commands as eval_commands
     from wmtp_core.model.cli import commands as model_commands
+    from wmtp_core.train.cli import commands as train_commands
 
-    for cmd in [*model_commands, *data_commands, *eval_commands]:
+    for cmd in [*model_commands, *data_commands, *eval_commands, *train_commands]:
         cli.add_command(cmd)
 
 

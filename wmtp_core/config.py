@@ -26,6 +26,7 @@ from wmtp_core.data.params import (
 from wmtp_core.eval.params import EvaluationParams, ExperimentReportParams
 from wmtp_core.model.params import BaseModelParams, ReferenceModelParams
 from wmtp_core.section import BASE_DIR, ConfigError, Section, format_validation_error
+from wmtp_core.train.params import TrainParams
 
 __all__ = ["ConfigError", "Params", "Section", "format_validation_error", "load_params"]
 
@@ -42,6 +43,7 @@ class Params(Section):
     mbpp_processed: MbppProcessedParams = Field(default_factory=MbppProcessedParams)
     humaneval_processed: HumanevalProcessedParams = Field(default_factory=HumanevalProcessedParams)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    train: TrainParams = Field(default_factory=TrainParams)
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
     experiment_report: ExperimentReportParams = Field(default_factory=ExperimentReportParams)
 
