@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError  # not exported; raised by PipesSubprocessClient
 
 from assets._common import asset_metadata, markdown_table, materialized
 from dagster_defs.resources import LauncherResource, MlflowResource, ParamsResource, StorageResource
@@ -59,7 +60,7 @@ def training_asset(recipe: str) -> dg.AssetsDefinition:
         description=_DESCRIPTION[recipe],
     )
     def _training(
-        context: dg.AssetExecutionContext,
+        context,
         storage: StorageResource,
         params: ParamsResource,
         mlflow: MlflowResource,
@@ -83,7 +84,7 @@ def training_asset(recipe: str) -> dg.AssetsDefinition:
             context.log.info(f"{name}: {' '.join(command)}")
             try:
                 completed = dg.PipesSubprocessClient().run(command=command, context=context)
-            except dg.DagsterPipesExecutionError as e:
+            except DagsterPipesExecutionError as e:
                 failure = job_file.with_name(FAILURE_FILE)
                 why = failure.read_text().strip() if failure.is_file() else str(e)
                 raise dg.Failure(

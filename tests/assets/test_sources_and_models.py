@@ -22,9 +22,6 @@ from wmtp_core.model.convert import export_hf
 from wmtp_core.storage import MANIFEST, sha256_file, verify
 from wmtp_core.tokenizer import Tokenizer
 
-# One worker materializes the shared `frame` fixture once for every test here.
-pytestmark = pytest.mark.xdist_group("frame_assets")
-
 
 
 def _tree(storage: Path) -> dict[str, str]:

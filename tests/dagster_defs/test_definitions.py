@@ -117,4 +117,8 @@ def test_launcher_resolves_backend_from_device():
     cpu = LauncherResource(nproc_per_node=2, nnodes=1, device="cpu")
     assert (cpu.resolved_device(), cpu.resolved_backend()) == ("cpu", "gloo")
     assert LauncherResource(device="cuda").resolved_backend() == "nccl"
-    assert cpu.torchrun_args()[:3] == ["torchrun", "--nproc-per-node=2", "--nnodes=1"]
+    assert cpu.rendezvous().args()[:2] == ["--nproc-per-node=2", "--nnodes=1"]
+    # The default is 2 CPU processes on gloo, so the embedded default runs the distributed path.
+    assert LauncherResource(device="cpu").resolved_nproc_per_node() == 2
+    several = LauncherResource(nproc_per_node=4, nnodes=2, device="cpu", rdzv_endpoint="10.0.0.1:29400").rendezvous()
+    assert "--rdzv-endpoint=10.0.0.1:29400" in several.args() and "--standalone" not in several.args()

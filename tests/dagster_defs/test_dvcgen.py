@@ -30,10 +30,13 @@ def test_every_stage_materializes_one_asset_and_names_existing_files(repo_root):
         assert out.startswith("storage/") and out.endswith(f"/{name}")
         for dep in stage["deps"]:
             assert dep.startswith("storage/") or (repo_root / dep).exists(), f"{name}: dep {dep} missing"
-        for section in stage.get("params", []):
-            assert section in params, (
-                f"{name}: params.yaml has no section {section!r} (DVC needs it written out)"
-            )
+        for key in stage.get("params", []):
+            value = params
+            for part in key.split("."):  # dotted keys name a block inside a section (train.rho1)
+                assert isinstance(value, dict) and part in value, (
+                    f"{name}: params.yaml has no key {key!r} (DVC needs it written out)"
+                )
+                value = value[part]
 
 
 def test_dvc_dag_has_the_dagster_edges(repo_root, tmp_path):

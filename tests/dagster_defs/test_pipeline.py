@@ -27,7 +27,7 @@ from dagster_defs.definitions import defs
 from dagster_defs.dvcgen import edges, stages
 from wmtp_core.storage import sha256_file, verify
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc_pipeline")]
+pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 STAGES = stages(defs)

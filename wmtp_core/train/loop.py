@@ -403,7 +403,7 @@ def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
     for k, v in summary["final"].items():
         if isinstance(v, int | float) and math.isfinite(v):
             meta[f"final/{k}"] = v
-    meta["model_sha256"] = summary["model_sha256"]
+    meta["model_sha256"] = {"raw_value": summary["model_sha256"], "type": "json"}  # Pipes metadata schema
     return meta
 
 

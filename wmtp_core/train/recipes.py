@@ -154,7 +154,7 @@ def recipe_step(trainable: nn.Module, batch: dict, den: Denominators, ctx: StepC
             return loss
         td = td_errors(values.detach(), response, reward, gamma=cfg["gamma"])
         w = td_weights(td, response, beta=cfg["beta"], min_weight=cfg["min_weight"], max_weight=cfg["max_weight"])
-        stats.add_weights("td", td, response)
+        stats.add_masked("td", td, response)
         if recipe == "random_matched":
             w = lognormal_matched(w, response, ctx.generator, cfg["min_weight"], cfg["max_weight"], ctx.group)
         elif recipe == "shuffled":
