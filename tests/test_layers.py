@@ -63,3 +63,15 @@ def test_the_scan_sees_every_form_of_import() -> None:
     found = imported_modules(source, "wmtp_core.data")
     assert {"wmtp_core.eval.judge", "wmtp_core.eval", "wmtp_core.eval.report", "wmtp_core.eval.results"} <= found
     assert "wmtp_core.data.labels" in found
+
+
+def test_the_library_imports_neither_dagster_nor_dvc():
+    # wmtp_core runs alone (CLI, torchrun workers, notebooks). The one Dagster-related import is `dagster_pipes`,
+    # the protocol's dependency-free side, opened by rank 0 only when a materialization launched the run.
+    found = []
+    for path in sorted(WMTP_CORE.rglob("*.py")):
+        in_package = ".".join(path.relative_to(WMTP_CORE.parent).parent.parts)
+        for name in imported_modules(path.read_text(), in_package):
+            if name.split(".")[0] in ("dagster", "dvc", "dagster_webserver"):
+                found.append(f"{path.relative_to(WMTP_CORE.parent)} imports {name}")
+    assert found == []

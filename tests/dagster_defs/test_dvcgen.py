@@ -63,3 +63,18 @@ def test_check_flag_fails_on_a_stale_file(tmp_path):
     assert runner.invoke(cli, ["dvc-yaml", "--file", str(fresh)]).exit_code == 0
     assert fresh.read_text() == render(defs)
     assert runner.invoke(cli, ["dvc-yaml", "--check", "--file", str(fresh)]).exit_code == 0
+
+
+def test_training_stages_depend_on_the_code_torchrun_runs():
+    # The worker runs in torchrun's processes, reached only through the launcher: its code (and the weighting,
+    # the loss, the loop) must still re-run every training stage, and nothing else.
+    trainer_code = {"wmtp_core/train/worker.py", "wmtp_core/train/loop.py", "wmtp_core/train/loss.py",
+                    "wmtp_core/weighting.py"}  # fmt: skip
+    for name, stage in stages(defs).items():
+        if stage["outs"][0].startswith("storage/training/"):
+            assert trainer_code <= set(stage["deps"]), name
+            assert {"train.defaults", f"train.{name.removeprefix('policy_')}"} <= set(stage["params"]) or (
+                name in ("critic", "reference_tuned")
+            )
+        else:
+            assert not trainer_code & set(stage["deps"]), name

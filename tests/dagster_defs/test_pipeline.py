@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 STAGES = stages(defs)
+TRAINING = {name for name, stage in STAGES.items() if stage["outs"][0].startswith("storage/training/")}
 
 
 @dataclass
@@ -108,12 +109,14 @@ def pipeline(tmp_path_factory, repo_root: Path) -> Pipeline:
         GIT_COMMITTER_NAME="wmtp-test",
         GIT_COMMITTER_EMAIL="wmtp-test@localhost",
     )
-    # The pipeline's mechanics do not depend on how many completions are sampled: a smaller evaluation than the
-    # embedded default (which `make demo` runs) keeps this test short.
+    # The pipeline's mechanics do not depend on how many completions are sampled or how many steps train: a
+    # smaller evaluation and two training steps (the embedded default, which `make demo` runs, does more) keep
+    # this test short.
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluation"].update(
         n_samples=2, k=[1, 2], limit=2, max_new_tokens=16, speculative_prompts=1, speculative_max_new_tokens=8
     )
+    params["train"]["defaults"].update(max_steps=2, epochs=None, eval_every=2, checkpoint_every=2, eval_rows=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = Pipeline(repo, env, "")
     p.run("git", "init", "-q")
@@ -321,8 +324,11 @@ def _dagster_stale(pipeline: Pipeline) -> set[str]:
 @pytest.mark.parametrize(
     ("edited", "expected"),
     [
-        # The template fixes every row's tokens: the rows and their index are rebuilt, nothing upstream.
-        ("wmtp_core/data/prompts.py", {"codecontests_processed", "codecontests_index"}),
+        # The template fixes every row's tokens: the rows, their index and every training run (the collator builds
+        # its batches with it), nothing upstream.
+        ("wmtp_core/data/prompts.py", {"codecontests_processed", "codecontests_index", *TRAINING}),
+        # The weighting runs in torchrun's workers: exactly the training stages.
+        ("wmtp_core/weighting.py", TRAINING),
         # Only evaluation runs programs: the tokenizer and everything else stays.
         ("wmtp_core/sandbox/server.py", {"eval_base_model_humaneval", "eval_base_model_mbpp"}),
     ],

@@ -8,6 +8,7 @@ same trainer code serves `python -m ...` and `torchrun`.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,8 @@ def apply_fsdp(
     # norm and output are shared by every head: one group that stays gathered between the head passes.
     fully_shard([policy.norm, policy.output], mesh=mesh, mp_policy=mp, reshard_after_forward=False)
     if trainable.value_head is not None:
+        # ValueHead.forward returns a squeeze (a view); FSDP2 warns in case of in-place edits, which no caller makes.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPValueHead\) returned a view")
         fully_shard(trainable.value_head, mesh=mesh, mp_policy=mp)
     fully_shard(trainable, mesh=mesh, mp_policy=mp)
     # FSDP2's default backward prefetch follows the forward order it recorded, and the end of every backward

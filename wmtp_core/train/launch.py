@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from wmtp_core.train import worker
+
+# The module torchrun starts on every rank. Imported, not only named, so the code that trains (the worker and
+# everything it imports) counts as a dependency of every training stage (dagster_defs.versions follows imports).
+WORKER_MODULE = worker.__name__
 FAILURE_FILE = "failure.txt"
 LOG_FILE = "torchrun.log"
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
@@ -56,7 +62,7 @@ def torchrun_command(job_file: str | Path, rdzv: Rendezvous, python: str = sys.e
     """`python -m torch.distributed.run` (the torchrun of this environment) with the worker module."""
     # --max-restarts stays 0: a restart on gloo often fails to re-rendezvous; the orchestrator retries and the
     # job resumes from its checkpoint instead.
-    return [python, "-m", "torch.distributed.run", *rdzv.args(), "-m", "wmtp_core.train.worker", str(job_file)]
+    return [python, "-m", "torch.distributed.run", *rdzv.args(), "-m", WORKER_MODULE, str(job_file)]
 
 
 def write_job(job) -> Path:
@@ -130,14 +136,17 @@ def launch(job_file: str | Path, rdzv: Rendezvous, *, env: dict[str, str] | None
     run_env.setdefault("OMP_NUM_THREADS", "1")
     run_env.setdefault("PYTHONUNBUFFERED", "1")
     command = torchrun_command(job_file, rdzv)
-    with open(work / LOG_FILE, "w") as log, subprocess.Popen(
-        command, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stderr.write(line)
-            log.write(line)
-        returncode = proc.wait()
+    try:
+        with open(work / LOG_FILE, "w") as log, subprocess.Popen(
+            command, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stderr.write(line)
+                log.write(line)
+            returncode = proc.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # torchrun's per-run files; the log above keeps what they said
     if returncode != 0:
         message = describe_failure((work / LOG_FILE).read_text(), returncode)
         (work / FAILURE_FILE).write_text(message + "\n")

@@ -182,10 +182,16 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, cfg["warmup_ratio"], cfg["min_lr_ratio"])
         )
-        valid_ids = validation_rows(job.index_file, correct_only=job.recipe != "critic" and job.recipe not in WEIGHTED,
+        # Value recipes validate the value head on correct and incorrect rows; cross-entropy counts correct rows only,
+        # so every policy's validation loss is measured on the same kind of text.
+        valid_ids = validation_rows(job.index_file, correct_only=job.recipe not in VALUE_RECIPES,
                                     limit=cfg["eval_rows"])  # fmt: skip
+        # Every rank must run the same number of forwards (FSDP gathers are collective): equal shares.
+        valid_ids = valid_ids[: len(valid_ids) - len(valid_ids) % self.world]
         self.valid = validation_batches(processed / "valid.parquet", valid_ids, collator, self.rank, self.world,
                                         cfg["batch_size"])  # fmt: skip
+        # From here on each rank draws its own noise (the controls' weights), reproducibly from seed and rank.
+        torch.manual_seed(cfg["seed"] * 7919 + 1 + self.rank)
         self.ctx = StepContext(
             recipe=job.recipe, cfg=cfg, n_heads=self.n_heads, reference=self.reference, anchor=self.anchor,
             group=self.group,
@@ -227,7 +233,8 @@ class Trainer:
                         logits = policy.unembed(policy.head(h, k)).float()
                         ce = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX,
                                              reduction="none")  # fmt: skip
-                        stats.add_masked(f"valid/loss/head{k}", ce, target != IGNORE_INDEX)
+                        correct = b["reward"][:, None] > 0.5
+                        stats.add_masked(f"valid/loss/head{k}", ce, (target != IGNORE_INDEX) & correct)
                 if self.job.recipe in VALUE_RECIPES:
                     values = self.trainable.value_head(policy.norm(h)).float()
                     target_v = b["reward"][:, None].expand_as(values)
@@ -235,8 +242,6 @@ class Trainer:
                     stats.add_explained_variance("valid/value", values, target_v, response)
                     last = values[torch.arange(len(values)), final_positions(response)]
                     finals += list(zip(batch["problem_names"], b["reward"].tolist(), last.tolist(), strict=True))
-        if not self.valid:  # this rank holds no validation rows; the collectives below still need it
-            pass
         figures = {k.removesuffix("/mean"): v for k, v in stats.reduce(self.group).items()
                    if k.endswith(("/mean", "explained_variance"))}  # fmt: skip
         if self.job.recipe in VALUE_RECIPES:
@@ -371,6 +376,8 @@ class Trainer:
             extra={"train_config": cfg, "fingerprint": job.fingerprint, "steps": state["step"]},
         )  # fmt: skip
         summary["model_sha256"] = {f: sha256_file(out / MODEL_SUBDIR / f) for f in meta["files"]}
+        # One digest naming the written checkpoint: its manifest lists every file's SHA256.
+        summary["checkpoint_sha256"] = sha256_file(out / MODEL_SUBDIR / "MANIFEST.json")
         with open(out / HISTORY_FILE, "w") as f:
             for row in state["history"]:
                 f.write(json.dumps(row) + "\n")
@@ -387,8 +394,10 @@ class Trainer:
 
 def _loss_figures(figures: dict[str, float], n_heads: int) -> dict[str, float]:
     """Logged names: per-head losses keep theirs; masked statistics drop '/mean'; a total CE across heads."""
+    # A selection is 0 or 1 per token: its mean is the selected fraction, its std/min/max say nothing more.
     row = {k.removesuffix("/mean") if k.startswith(("rho1/selected", "reference/ce")) else k: v
-           for k, v in figures.items()}  # fmt: skip
+           for k, v in figures.items()
+           if not (k.startswith("rho1/selected") and k.endswith(("/std", "/min", "/max")))}  # fmt: skip
     heads = [row[f"loss/head{k}"] for k in range(1, n_heads + 1) if f"loss/head{k}" in row]
     if heads:
         row["loss/total"] = sum(heads)
@@ -404,6 +413,7 @@ def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, int | float) and math.isfinite(v):
             meta[f"final/{k}"] = v
     meta["model_sha256"] = {"raw_value": summary["model_sha256"], "type": "json"}  # Pipes metadata schema
+    meta["checkpoint_sha256"] = summary["checkpoint_sha256"]
     return meta
 
 
