@@ -25,7 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
+from memory import peak_bytes
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from wmtp_core.model import ModelArgs, Transformer
@@ -66,25 +66,6 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def peak_bytes(fn, device: torch.device) -> int:
-    """Peak bytes allocated during fn() above what was allocated when it started."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(device) - base
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    current = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
 
 
 def main() -> None:

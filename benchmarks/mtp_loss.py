@@ -36,7 +36,7 @@ import statistics
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from memory import peak_bytes
 
 from wmtp_core.data.collate import IGNORE_INDEX
 from wmtp_core.model import ModelArgs, Transformer
@@ -88,18 +88,6 @@ def _status_kib(*keys: str) -> dict[str, int]:
     return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) for key in keys}
 
 
-def _profiled_peak_bytes(fn) -> int:
-    """Peak of live tensor bytes during fn() above those live when it started (CPU allocation events)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    current = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
-
-
 def measure_memory(variant: str, opts: argparse.Namespace, out: mp.Queue) -> None:
     """Runs in a fresh process: the peak memory of one forward + backward of `variant`, in MiB."""
     torch.set_num_threads(opts.threads)
@@ -114,7 +102,7 @@ def measure_memory(variant: str, opts: argparse.Namespace, out: mp.Queue) -> Non
     forward_backward(variant, trainable, tokens, labels)
     peak = _status_kib("VmHWM")["VmHWM"]
     opt.zero_grad(set_to_none=False)
-    profiled = _profiled_peak_bytes(lambda: forward_backward(variant, trainable, tokens, labels))
+    profiled = peak_bytes(lambda: forward_backward(variant, trainable, tokens, labels), torch.device("cpu"))
     out.put(
         {
             "variant": variant,

@@ -108,11 +108,9 @@ class LauncherResource(dg.ConfigurableResource):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolved_nproc_per_node(self) -> int:
-        if self.nproc_per_node > 0:
-            return self.nproc_per_node
-        import torch
+        from wmtp_core.train.launch import processes_per_node
 
-        return torch.cuda.device_count() if self.resolved_device().startswith("cuda") else 2
+        return processes_per_node(self.nproc_per_node, self.resolved_device())
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":

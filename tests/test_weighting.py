@@ -4,13 +4,13 @@ over 2 gloo ranks."""
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.conftest import free_port
 from wmtp_core.weighting import (
     head_valid,
     lognormal_matched,
@@ -288,11 +288,6 @@ def _global_batch_worker(rank: int, world: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_global_batch_over_two_ranks_equals_one_process():
-    mp.spawn(_global_batch_worker, args=(len(SHAPES), _free_port()), nprocs=len(SHAPES), join=True)
+    mp.spawn(_global_batch_worker, args=(len(SHAPES), free_port()), nprocs=len(SHAPES), join=True)

@@ -23,7 +23,6 @@ from wmtp_core.storage import MANIFEST, sha256_file, verify
 from wmtp_core.tokenizer import Tokenizer
 
 
-
 def _tree(storage: Path) -> dict[str, str]:
     return {
         p.relative_to(storage).as_posix(): sha256_file(p) for p in sorted(storage.rglob("*")) if p.is_file()

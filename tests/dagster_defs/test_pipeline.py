@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import yaml
 
 from dagster_defs.definitions import defs
 from dagster_defs.dvcgen import edges, stages
+from tests.conftest import free_port
 from wmtp_core.storage import sha256_file, verify
 
 pytestmark = pytest.mark.slow
@@ -73,11 +73,6 @@ class Pipeline:
 def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +200,7 @@ QUERY = """{ assetNodes { assetKey { path } dependencyKeys { path }
 
 
 def test_dagster_dev_serves_edges_and_latest_materializations(pipeline: Pipeline):
-    port = _free_port()
+    port = free_port()
     # `wmtp ui` execs `dagster dev` on the copy's default DAGSTER_HOME (storage/dagster_home). It restores SIGINT
     # itself (dagster dev copies SIGINT's disposition onto SIGTERM), so start it with SIGINT ignored to prove it.
     proc = subprocess.Popen(
@@ -264,7 +259,7 @@ def test_dagster_dev_serves_edges_and_latest_materializations(pipeline: Pipeline
 
 
 def test_push_to_s3_wipe_and_pull_restores_identical_files(pipeline: Pipeline):
-    port = _free_port()
+    port = free_port()
     moto = subprocess.Popen(
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

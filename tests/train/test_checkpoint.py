@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.conftest import free_port
 from wmtp_core.train.checkpoint import (
     METADATA,
     TRAINER_STATE,
@@ -59,11 +59,6 @@ def train_step(model: nn.Module, opt, sched) -> None:
     opt.zero_grad()
     sched.step()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fsdp_setup(rank: int, port: int, seed: int):

@@ -7,7 +7,6 @@ to a constant gradient scale, so the gradients themselves are compared, not only
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.multiprocessing as mp
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
+from tests.conftest import free_port
 from wmtp_core.data.collate import IGNORE_INDEX
 from wmtp_core.model import ModelArgs, Transformer, ValueHead
 from wmtp_core.train.distributed import (
@@ -199,11 +199,6 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     finally:
         dist.destroy_process_group()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,14 @@ import click
 from wmtp_core.config import load_params
 from wmtp_core.storage import publish
 from wmtp_core.train.job import ASSET, GROUP, plan_job
-from wmtp_core.train.launch import Rendezvous, TrainingFailed, launch, torchrun_command, write_job
+from wmtp_core.train.launch import (
+    Rendezvous,
+    TrainingFailed,
+    launch,
+    processes_per_node,
+    torchrun_command,
+    write_job,
+)
 
 
 def default_tracking(storage: Path) -> tuple[str, str]:
@@ -41,7 +48,8 @@ def resolve_device(device: str) -> str:
               show_default=True, help="the params file (its train.<recipe> and sampling sections)")
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="storage root holding the input assets [default: $WMTP_STORAGE or storage/ beside params]")
-@click.option("--nproc-per-node", type=int, default=1, show_default=True, help="processes (GPUs) per node")
+@click.option("--nproc-per-node", type=int, default=0, show_default=True,
+              help="processes per node; 0 = one per GPU, or 2 CPU processes on gloo")
 @click.option("--nnodes", type=int, default=1, show_default=True)
 @click.option("--rdzv-endpoint", default=None, help="host:port of the c10d rendezvous (several nodes)")
 @click.option("--rdzv-id", default=None, help="run id shared by every node's torchrun (several nodes)")
@@ -53,13 +61,14 @@ def train_command(recipe: str, params_path: Path, storage: Path | None, nproc_pe
     params = load_params(params_path)
     storage = (storage or Path(os.environ.get("WMTP_STORAGE") or params_path.absolute().parent / "storage")).absolute()
     final = storage / GROUP / ASSET[recipe]
-    rdzv = Rendezvous(nproc_per_node, nnodes, rdzv_endpoint, rdzv_id)
+    device = resolve_device(device)
+    rdzv = Rendezvous(processes_per_node(nproc_per_node, device), nnodes, rdzv_endpoint, rdzv_id)
     tracking_uri, artifacts = default_tracking(storage)
-    world = nproc_per_node * nnodes
+    world = rdzv.nproc_per_node * nnodes
 
     def run(tmp: Path) -> dict:
         job = plan_job(recipe, params, storage, out_dir=tmp, tracking_uri=tracking_uri, artifact_location=artifacts,
-                       device=resolve_device(device), world_size=world)  # fmt: skip
+                       device=device, world_size=world)  # fmt: skip
         job_file = write_job(job)
         if dry_run:
             click.echo(" ".join(torchrun_command(job_file, rdzv)))

@@ -58,6 +58,18 @@ class Rendezvous:
                 f"--rdzv-id={self.run_id or 'wmtp-' + uuid.uuid4().hex[:8]}"]  # fmt: skip
 
 
+def processes_per_node(requested: int, device: str) -> int:
+    """`requested`, or for 0 one process per visible GPU, or 2 on CPU (gloo): the embedded default runs the
+    distributed path on a laptop."""
+    if requested > 0:
+        return requested
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.device_count()
+    return 2
+
+
 def torchrun_command(job_file: str | Path, rdzv: Rendezvous, python: str = sys.executable) -> list[str]:
     """`python -m torch.distributed.run` (the torchrun of this environment) with the worker module."""
     # --max-restarts stays 0: a restart on gloo often fails to re-rendezvous; the orchestrator retries and the
