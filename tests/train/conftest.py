@@ -26,6 +26,9 @@ def small_training(params: dict, **defaults) -> dict:
     train = dict(params["train"])
     train["defaults"] = {**train["defaults"], "max_steps": 3, "epochs": None, "eval_every": 3,
                          "checkpoint_every": 2, "eval_rows": 4, **defaults}  # fmt: skip
+    for recipe, block in train.items():  # a recipe's own limit (the critic trains longer) would override it
+        if recipe != "defaults" and isinstance(block, dict):
+            train[recipe] = {k: v for k, v in block.items() if k not in ("max_steps", "epochs")}
     params["train"] = train
     return params
 

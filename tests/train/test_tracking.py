@@ -132,10 +132,14 @@ def test_plot_loss_curves(tmp_path):
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > 20_000
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
-    assert (width, height) == (990, 715)
+    assert width == 990 and height > 1000  # three panels: the heads' losses, the value loss, the learning rate
 
     no_lr = plot_loss_curves([{"step": 1, "loss/head1": -0.5}], tmp_path / "one.png", "one point")
     assert no_lr.read_bytes()[:8] == PNG_SIGNATURE
+    # The critic has no heads' losses: its value loss gets the top panel.
+    critic = [{"step": s, "value/loss": 0.5 / s, "valid/value/sq_error": 0.4, "lr": 1e-2} for s in range(1, 6)]
+    panels = plot_loss_curves(critic, tmp_path / "critic.png", "critic").read_bytes()
+    assert struct.unpack(">II", panels[16:24])[1] < height
 
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
@@ -263,12 +265,16 @@ def plot_loss_curves(history: list[dict[str, Any]], path: str | Path, title: str
         key=_natural,  # head2 before head10; "total" after the heads
     )
     has_lr = "lr" in keys
+    value_keys = [("value/loss", "-", "train value loss"), ("valid/value/sq_error", "--", "valid value MSE")]
+    has_value = any(k in keys for k, _, _ in value_keys)
 
-    fig = Figure(figsize=(9, 6.5 if has_lr else 5), dpi=110, layout="constrained")
-    if has_lr:
-        ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    else:
-        ax, ax_lr = fig.subplots(), None
+    # Panels, top to bottom: the heads' losses (absent for the critic), the value head's loss, the learning rate.
+    ratios = [r for r, present in ((3, bool(heads)), (2, has_value), (1, has_lr)) if present] or [1]
+    fig = Figure(figsize=(9, 2.2 + 1.5 * sum(ratios)), dpi=110, layout="constrained")
+    axes = list(np.atleast_1d(fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})))
+    ax = axes.pop(0) if heads or not (has_value or has_lr) else None
+    ax_value = axes.pop(0) if has_value else None
+    ax_lr = axes.pop(0) if has_lr else None
     palette = rcParams["axes.prop_cycle"].by_key()["color"]
     values: list[float] = []
     for i, head in enumerate(heads):
@@ -281,23 +287,33 @@ def plot_loss_curves(history: list[dict[str, Any]], path: str | Path, title: str
             if steps:
                 ax.plot(steps, ys, style, color=colour, label=label, marker="o" if len(steps) == 1 else None)
                 values += ys
-    if values and min(values) > 0:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 2, 3, 4 rather than 2x10^0
-        if max(values) / min(values) < 30:  # within about a decade the minor ticks are the only labels
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if heads:
-        ax.legend(fontsize="small", ncols=2)
+    if ax is not None:
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 2, 3, 4 rather than 2x10^0
+            if max(values) / min(values) < 30:  # within about a decade the minor ticks are the only labels
+                ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(True, which="both", alpha=0.3)
+        if heads:
+            ax.legend(fontsize="small", ncols=2)
+    if ax_value is not None:
+        for key, style, label in value_keys:
+            steps, ys = series(key)
+            if steps:
+                ax_value.plot(steps, ys, style, color="tab:purple", label=label,
+                              marker="o" if len(steps) == 1 else None)  # fmt: skip
+        ax_value.set_ylabel("value loss (MSE)")
+        ax_value.grid(True, alpha=0.3)
+        ax_value.legend(fontsize="small")
     if ax_lr is not None:
         steps, lrs = series("lr")
         ax_lr.plot(steps, lrs, color="black")
         ax_lr.set_ylabel("lr")
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax_lr.grid(True, alpha=0.3)
-    (ax_lr or ax).set_xlabel("step")
+    fig.axes[0].set_title(title)
+    fig.axes[-1].set_xlabel("step")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
