@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -148,8 +149,10 @@ def launch(job_file: str | Path, rdzv: Rendezvous, *, env: dict[str, str] | None
     run_env.setdefault("OMP_NUM_THREADS", "1")
     run_env.setdefault("PYTHONUNBUFFERED", "1")
     command = torchrun_command(job_file, rdzv)
+    # Each node's agent keeps its own log when several share the launch directory (a shared file system).
+    log_path = work / (LOG_FILE if rdzv.nnodes == 1 else f"torchrun.{socket.gethostname()}-{os.getpid()}.log")
     try:
-        with open(work / LOG_FILE, "w") as log, subprocess.Popen(
+        with open(log_path, "w") as log, subprocess.Popen(
             command, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         ) as proc:
             assert proc.stdout is not None
@@ -160,7 +163,7 @@ def launch(job_file: str | Path, rdzv: Rendezvous, *, env: dict[str, str] | None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # torchrun's per-run files; the log above keeps what they said
     if returncode != 0:
-        message = describe_failure((work / LOG_FILE).read_text(), returncode)
+        message = describe_failure(log_path.read_text(), returncode)
         (work / FAILURE_FILE).write_text(message + "\n")
         raise TrainingFailed(message)
 
