@@ -41,7 +41,7 @@ def _preview(result: dict) -> str:
             if k.startswith(("loss/", "valid/", "value/", "weights/", "td/", "rho1/", "ce/"))]  # fmt: skip
     head = (f"`{result['recipe']}`: {result['steps']} steps, {result['tokens']:,} tokens, {result['rows']} rows, "
             f"{result['world_size']} processes; MLflow run `{result['mlflow_run_id']}`\n\n")  # fmt: skip
-    return head + f"![loss curves]({CURVES_FILE})\n\n" + markdown_table(rows)
+    return head + f"Loss curves: `{CURVES_FILE}` in the asset directory.\n\n" + markdown_table(rows)
 
 
 def training_asset(recipe: str) -> dg.AssetsDefinition:

@@ -388,7 +388,7 @@ class Trainer:
         tracker.log_artifact(out / "config.json")
         tracker.finish("FINISHED")
         self.reporter.report(_metadata(summary))
-        self.reporter.log(f"{job.asset}: wrote {out / MODEL_SUBDIR} after {state['step']} steps")
+        self.reporter.log(f"{job.asset}: {state['step']} steps done, model written (it replaces the asset next)")
         return summary
 
 
