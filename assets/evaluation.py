@@ -17,6 +17,7 @@ from dagster_defs.resources import LauncherResource, MlflowResource, ParamsResou
 from wmtp_core.eval.evaluate import evaluate
 from wmtp_core.eval.report import METRICS_FILE, write_report
 from wmtp_core.storage import publish, read_manifest, verify
+from wmtp_core.train.tracking import Tracker, sanitize_name
 
 GROUP = "evaluation"
 EVALUATED_MODELS: list[tuple[str, str]] = [("models", "base_model")]  # (storage group, asset name)
@@ -24,23 +25,16 @@ TASKS = ["humaneval", "mbpp"]
 _TASK_DATA = {"humaneval": "humaneval_processed", "mbpp": "mbpp_processed"}
 
 
-def _mlflow_key(text: str) -> str:
-    # MLflow metric names allow letters, digits, _ - . / and spaces; "pass@10" would be refused.
-    return text.replace("@", "_at_")
-
-
 def _log_run(
     mlflow_res: MlflowResource, run_name: str, params: dict, metrics: dict, files: list[Path]
 ) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(mlflow_res.tracking_uri)
-    with mlflow.start_run(experiment_id=mlflow_res.experiment_id(), run_name=run_name) as run:
-        mlflow.log_params({k: str(v) for k, v in params.items()})
-        mlflow.log_metrics({_mlflow_key(k): float(v) for k, v in metrics.items() if v is not None})
+    tracker = Tracker(mlflow_res.tracking_uri, mlflow_res.artifact_location, mlflow_res.experiment, run_name)
+    with tracker:
+        tracker.log_params(params)
+        tracker.log_metrics(metrics, step=0)
         for f in files:
-            mlflow.log_artifact(str(f))
-        return run.info.run_id
+            tracker.log_artifact(f)
+    return tracker.run_id
 
 
 def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -111,7 +105,7 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
             + markdown_table([{"metric": k, "value": f"{v:.4g}"} for k, v in flat.items()])
         )
         meta = asset_metadata(out, read_manifest(out), preview=preview)
-        meta.update({_mlflow_key(k): float(v) for k, v in flat.items()})
+        meta.update({sanitize_name(k): float(v) for k, v in flat.items()})
         meta["mlflow_run_id"] = run_id
         return materialized(meta)
 
@@ -145,7 +139,7 @@ def experiment_report(
     manifest = publish(out, write, params=p.model_dump())
     report = (out / "report.md").read_text()
     flat = {
-        f"{model}/{task}/{_mlflow_key(k)}": v
+        f"{model}/{task}/{sanitize_name(k)}": v
         for model, tasks in json.loads((out / METRICS_FILE).read_text()).items()
         for task, values in tasks.items()
         for k, v in values.items()

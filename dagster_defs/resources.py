@@ -73,18 +73,22 @@ class MlflowResource(dg.ConfigurableResource):
     experiment: str = "wmtp"
 
     def experiment_id(self) -> str:
-        """The experiment's id, created (with the explicit artifact location) on first use."""
+        """The experiment's id, created (with the explicit artifact location) on first use.
+
+        Through a client, not `mlflow.set_tracking_uri`: that also sets MLFLOW_TRACKING_URI in this process's
+        environment, which every later resource build (and training launch) would then read.
+        """
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow
+        from mlflow import MlflowClient
 
         if self.tracking_uri.startswith("sqlite:///"):
             # sqlite creates the database file, not its directory.
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        found = mlflow.get_experiment_by_name(self.experiment)
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        found = client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
-        return mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
 
 
 class LauncherResource(dg.ConfigurableResource):

@@ -101,6 +101,7 @@ def test_mlflow_resource_defaults_to_sqlite_under_storage_with_explicit_artifact
     experiment_id = resource.experiment_id()
     assert resource.experiment_id() == experiment_id  # found, not created twice
     (tmp_path / "note.txt").write_text("logged")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", resource.tracking_uri)  # the fluent API below reads it
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_metric("pass_at_1", 0.5)
         mlflow.log_artifact(str(tmp_path / "note.txt"))

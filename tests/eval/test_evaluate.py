@@ -196,8 +196,8 @@ def test_evaluation_assets_and_report_materialize_and_log_to_mlflow(tmp_path, re
     dvc_metrics = json.loads((storage / "experiment_report" / "metrics.json").read_text())
     assert set(dvc_metrics["base_model"]) == {"humaneval", "mbpp"}
 
-    mlflow.set_tracking_uri(resources["mlflow"].tracking_uri)
-    runs = mlflow.search_runs(experiment_ids=[resources["mlflow"].experiment_id()], output_format="list")
+    client = mlflow.MlflowClient(tracking_uri=resources["mlflow"].tracking_uri)
+    runs = client.search_runs(experiment_ids=[resources["mlflow"].experiment_id()])
     by_name = {r.info.run_name: r for r in runs}
     assert set(by_name) >= {"eval_base_model_humaneval", "eval_base_model_mbpp", "experiment_report"}
     assert by_name["eval_base_model_humaneval"].data.metrics["pass_at_1"] == 0.0

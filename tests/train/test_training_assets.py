@@ -6,6 +6,7 @@ checked, then a rank is killed mid-run and the next materialization resumes to t
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def materialize(root: Path, selection: list[str] | None = None) -> tuple[dg.Exec
 
 @pytest.fixture(scope="module")
 def trained(inputs_root: Path, tmp_path_factory) -> tuple[Path, dg.ExecuteInProcessResult, list[str]]:
+    # The default store under storage/, whatever an earlier test in this worker left in the environment.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     root = tmp_path_factory.mktemp("trained") / "project"
     shutil.copytree(inputs_root, root, symlinks=True)
     params = small_training(yaml.safe_load((root / "params.yaml").read_text()), max_steps=4, checkpoint_every=2)
