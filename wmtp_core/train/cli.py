@@ -66,21 +66,22 @@ def train_command(recipe: str, params_path: Path, storage: Path | None, nproc_pe
     tracking_uri, artifacts = default_tracking(storage)
     world = rdzv.nproc_per_node * nnodes
 
+    def job_file(out_dir: Path) -> Path:
+        return write_job(plan_job(recipe, params, storage, out_dir=out_dir, tracking_uri=tracking_uri,
+                                  artifact_location=artifacts, device=device, world_size=world))  # fmt: skip
+
+    if dry_run:  # the job as it would run (a real run writes a temporary sibling, then renames it), nothing started
+        path = job_file(final)
+        click.echo(" ".join(torchrun_command(path, rdzv)))
+        click.echo(path.read_text())
+        return
+
     def run(tmp: Path) -> dict:
-        job = plan_job(recipe, params, storage, out_dir=tmp, tracking_uri=tracking_uri, artifact_location=artifacts,
-                       device=device, world_size=world)  # fmt: skip
-        job_file = write_job(job)
-        if dry_run:
-            click.echo(" ".join(torchrun_command(job_file, rdzv)))
-            click.echo(job_file.read_text())
-            raise _DryRun
-        launch(job_file, rdzv)
+        launch(job_file(tmp), rdzv)
         return {}
 
     try:
         manifest = publish(final, run, params={"recipe": recipe, **params.train.recipe(recipe).model_dump(mode="json")})
-    except _DryRun:
-        return
     except TrainingFailed as e:
         raise click.ClickException(
             f"{e}\n{final} is unchanged; run the command again to resume from {storage / 'checkpoints' / ASSET[recipe]}"
@@ -88,9 +89,6 @@ def train_command(recipe: str, params_path: Path, storage: Path | None, nproc_pe
     shutil.rmtree(storage / "checkpoints" / ASSET[recipe], ignore_errors=True)
     click.echo(f"wrote {final} ({len(manifest['files'])} files)")
 
-
-class _DryRun(Exception):
-    """Leaves publish without writing anything."""
 
 
 commands = [train_command]

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from wmtp_core.config import ConfigError, Params
+from wmtp_core.config import Params
 from wmtp_core.model.io import METADATA_FILE, read_args, read_metadata
 from wmtp_core.storage import MANIFEST, StorageError, read_manifest, sha256_file
 from wmtp_core.tokenizer import TOKENIZER_FILE
@@ -32,7 +32,6 @@ ASSET = {
     "random_matched": "policy_random_matched",
     "shuffled": "policy_shuffled",
 }
-RECIPE_OF = {asset: recipe for recipe, asset in ASSET.items()}
 # recipe -> (storage group, asset) of the model it starts from
 START_FROM = {
     "critic": ("models", "base_model"),
@@ -222,8 +221,3 @@ def _same_tokenizer(what: str, meta: dict, vocab: int, tokenizer_sha: str | None
                 "policy, reference and data must share one tokenizer"
             )
 
-
-def recipe_for_asset(asset: str) -> str:
-    if asset not in RECIPE_OF:
-        raise ConfigError(f"{asset!r} is not a training asset; expected one of {', '.join(RECIPE_OF)}")
-    return RECIPE_OF[asset]

@@ -36,11 +36,13 @@ from wmtp_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_
 from wmtp_core.train.data import RankStream, sampled_rows, validation_batches, validation_rows
 from wmtp_core.train.distributed import (
     Trainable,
+    all_reduce_sum,
     apply_fsdp,
     device_for,
     full_state_dict,
     init_distributed,
     policy_state_dict,
+    teardown,
     value_head_state_dict,
 )
 from wmtp_core.train.job import MODEL_SUBDIR, WEIGHTED, TrainJob
@@ -133,13 +135,13 @@ class Trainer:
         self.tokenizer = Tokenizer.from_directory(job.tokenizer_dir)
         # Every rank verifies and loads the start weights; FSDP2 then keeps only its shard.
         policy = wm.load(job.start_dir, dtype=torch.float32, verify=self.rank == 0)
-        self.start_dtype = wm.read_metadata(job.start_dir).get("dtype")
+        start_meta = wm.read_metadata(job.start_dir)
+        self.start_dtype = start_meta.get("dtype")
         self.n_heads = policy.n_future
         value_head = None
         self.anchor = None
         if job.recipe in VALUE_RECIPES:
-            info = wm.read_metadata(job.start_dir).get("value_head")
-            if info:
+            if start_meta.get("value_head"):
                 value_head = wm.load_value_head(job.start_dir, dtype=torch.float32, verify=self.rank == 0)
             else:
                 value_head = wm.ValueHead(policy.args.dim)
@@ -291,13 +293,9 @@ class Trainer:
                 started = time.perf_counter()
                 batches = [self._to_device(b) for b in self.stream.batches(step * ga, (step + 1) * ga)]
                 counts = Denominators.local(batches, K, pairwise).to(self.device)
-                n_tokens = torch.tensor([float(sum(int(b["attention_mask"].sum()) for b in batches))],
-                                        device=self.device)  # fmt: skip
-                if self.world > 1:
-                    dist.all_reduce(counts)
-                    dist.all_reduce(n_tokens)
-                den = Denominators.from_vector(counts.cpu(), K)
-                den = Denominators(den.heads.to(self.device), den.response.to(self.device), den.pairs.to(self.device))
+                n_tokens = sum(b["attention_mask"].sum() for b in batches).double().reshape(1)
+                step_tokens = int(all_reduce_sum(n_tokens).item())
+                den = Denominators.from_vector(all_reduce_sum(counts), K)
                 for i, batch in enumerate(batches):
                     recipe_step(self.trainable, batch, den, self.ctx, stats, loss_scale=float(self.world),
                                 sync=i == ga - 1, sharded=self.sharded)  # fmt: skip
@@ -310,8 +308,8 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]
                 self.scheduler.step()
                 state["step"] = step + 1
-                state["tokens"] += int(n_tokens.item())
-                window_tokens += int(n_tokens.item())
+                state["tokens"] += step_tokens
+                window_tokens += step_tokens
                 state["elapsed"] += time.perf_counter() - started
 
                 done = state["step"] == self.total_steps
@@ -424,3 +422,4 @@ def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any] | N
         return trainer.run()
     finally:
         trainer.reporter.close()
+        teardown()

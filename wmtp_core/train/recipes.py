@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmtp_core.data.collate import IGNORE_INDEX
-from wmtp_core.train.loss import mtp_backward
+from wmtp_core.train.loss import mtp_backward, valid_target_counts
 from wmtp_core.train.stats import StatSums
 from wmtp_core.weighting import (
-    head_valid,
     lognormal_matched,
     per_head,
     reference_excess,
@@ -55,10 +54,10 @@ class Denominators:
     @staticmethod
     def local(batches: list[dict], n_heads: int, pairwise: bool) -> Tensor:
         """This rank's counts as one vector [K + 2] (all-reduce it, then `from_vector`)."""
-        total = torch.zeros(n_heads + 2, dtype=torch.float64)
+        total = torch.zeros(n_heads + 2, dtype=torch.float64, device=batches[0]["labels"].device)
         for b in batches:
             labels = b["labels"]
-            total[:n_heads] += head_valid(labels, n_heads).sum(dim=(0, 1)).double()
+            total[:n_heads] += valid_target_counts(labels, n_heads)
             total[n_heads] += (labels != IGNORE_INDEX).sum()
             if pairwise:
                 total[n_heads + 1] += correct_incorrect_pairs(b["problem_ids"], b["reward"]).shape[0]
@@ -66,6 +65,7 @@ class Denominators:
 
     @staticmethod
     def from_vector(v: Tensor, n_heads: int) -> Denominators:
+        """Counts on the vector's device, as float32 like the losses they divide."""
         v = v.clamp_min(1.0).float()  # an empty count contributes a zero sum; never divide by zero
         return Denominators(heads=v[:n_heads], response=v[n_heads], pairs=v[n_heads + 1])
 

@@ -23,10 +23,6 @@ class Reporter:
 
             self._pipes = open_dagster_pipes()
 
-    @property
-    def via_pipes(self) -> bool:
-        return self._pipes is not None
-
     def log(self, message: str) -> None:
         if not self.enabled:
             return
