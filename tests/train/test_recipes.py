@@ -89,6 +89,19 @@ def test_every_recipe_steps_on_multi_and_one_head_models(recipe: str, n_future: 
             # ceil(0.6 * n_k) of each head's valid targets are selected
             n_valid = int(den.heads[k - 1])
             assert figures[f"rho1/selected/head{k}/mean"] == pytest.approx(-(-3 * n_valid // 5) / n_valid)
+    stats.fold_histograms()
+    hists = stats.histograms()
+    if recipe in ("verifiable", "random_matched", "shuffled"):
+        assert set(hists) == {"weights"}
+        assert sum(hists["weights"]["counts"]) == int((b["labels"] != IGNORE_INDEX).sum())
+        assert hists["weights"]["edges"][-1] == cfg["max_weight"]
+    elif recipe == "rho1":
+        for k in range(1, n_future + 1):
+            selected = sum(hists[f"rho1/head{k}/selected"]["counts"])
+            assert selected + sum(hists[f"rho1/head{k}/rejected"]["counts"]) == int(den.heads[k - 1])
+            assert selected == -(-3 * int(den.heads[k - 1]) // 5)
+    else:
+        assert hists == {}
 
 
 def test_uniform_recipes_give_the_mean_cross_entropy():
@@ -107,3 +120,21 @@ def test_pairs_and_final_positions():
     b = batch()
     assert correct_incorrect_pairs(b["problem_ids"], b["reward"]).tolist() == [[0, 1]]
     assert final_positions(b["labels"] != IGNORE_INDEX).tolist() == [13, 9, 6]
+
+
+def test_histograms_count_into_fixed_bins_and_survive_a_checkpoint():
+    stats = StatSums()
+    x = torch.tensor([[-1.0, 0.0, 0.49, 0.5, 0.99, 1.0, 7.0]])
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[0, 1] = False
+    stats.add_histogram("w", x, mask, [0.0, 0.5, 1.0], "label")
+    stats.add_histogram("w", x[:, :1], mask[:, :1], [0.0, 0.5, 1.0], "label")
+    assert stats.histograms() == {}  # counted on this rank, not yet folded into the run's totals
+    stats.reduce()
+    # below the first edge and above the last clamp into the end bins; bins are left-closed, the last closed
+    assert stats.histograms() == {"w": {"edges": [0.0, 0.5, 1.0], "counts": [3, 4], "label": "label"}}
+    resumed = StatSums()
+    resumed.load_histograms(stats.histograms())
+    resumed.add_histogram("w", x[:, 3:4], mask[:, 3:4], [0.0, 0.5, 1.0], "label")
+    resumed.fold_histograms()
+    assert resumed.histograms()["w"]["counts"] == [3, 5]

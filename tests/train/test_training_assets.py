@@ -6,6 +6,7 @@ checked, then a rank is killed mid-run and the next materialization resumes to t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests.train.conftest import small_training
 from wmtp_core import model as wm
 from wmtp_core.storage import read_manifest, verify
 from wmtp_core.train.job import ASSET, model_dir
-from wmtp_core.train.loop import FAULT_ENV
+from wmtp_core.train.loop import FAULT_ENV, WEIGHTS_FILE
 
 pytestmark = pytest.mark.slow
 VALUE_HEAD = {"critic", "policy_verifiable", "policy_random_matched", "policy_shuffled"}
@@ -80,6 +81,15 @@ def test_every_training_asset_materializes_through_torchrun(trained):
         assert f"final/weights/{key}" in verifiable
     rho1 = result.asset_materializations_for_node("policy_rho1")[0].metadata
     assert rho1["final/rho1/selected/head2"].value == pytest.approx(0.6, abs=0.05)
+    # The histograms of the weights each weighting produced, over every rank and step.
+    for name in ("policy_verifiable", "policy_random_matched", "policy_shuffled"):
+        hists = json.loads((storage / "training" / name / WEIGHTS_FILE).read_text())["histograms"]
+        assert set(hists) == {"weights"} and sum(hists["weights"]["counts"]) > 0
+    hists = json.loads((storage / "training" / "policy_rho1" / WEIGHTS_FILE).read_text())["histograms"]
+    for k in range(1, 5):
+        selected = sum(hists[f"rho1/head{k}/selected"]["counts"])
+        assert selected / (selected + sum(hists[f"rho1/head{k}/rejected"]["counts"])) == pytest.approx(0.6, abs=0.01)
+    assert not (storage / "training" / "policy_baseline" / WEIGHTS_FILE).exists()
     # Rank 0's log lines reached the run.
     assert any("policy_baseline: recipe baseline, 40 rows" in line for line in logs)
 
@@ -104,25 +114,29 @@ def test_each_recipe_has_an_mlflow_run_with_params_and_metrics(trained):
 
 def test_a_killed_rank_fails_the_run_and_the_next_one_resumes_to_the_same_weights(trained, monkeypatch):
     root, _, _ = trained
-    out = root / "storage" / "training" / "policy_baseline"
+    # The verifiable policy: its resumed run must also restore the weight histograms of the steps before.
+    out = root / "storage" / "training" / "policy_verifiable"
     before = read_manifest(out)
     uninterrupted = wm.load(model_dir(out)).state_dict()
+    histograms = json.loads((out / WEIGHTS_FILE).read_text())
 
     monkeypatch.setenv(FAULT_ENV, "1:3")  # rank 1 SIGKILLs itself at step 3, after the step-2 checkpoint
-    failed, _ = materialize(root, ["policy_baseline"])
+    failed, _ = materialize(root, ["policy_verifiable"])
     assert not failed.success
     failure = next(e for e in failed.all_events if e.is_step_failure).step_failure_data
     text = failure.user_failure_data.description if failure.user_failure_data else failure.error.message
     assert "rank 1 was killed by signal SIGKILL" in text
     assert read_manifest(out) == before  # the previous version is untouched
-    checkpoints = root / "storage" / "checkpoints" / "policy_baseline"
+    checkpoints = root / "storage" / "checkpoints" / "policy_verifiable"
     assert (checkpoints / "step_00000002" / ".metadata").is_file()
 
     monkeypatch.delenv(FAULT_ENV)
-    resumed, logs = materialize(root, ["policy_baseline"])
+    resumed, logs = materialize(root, ["policy_verifiable"])
     assert resumed.success
     assert any("resuming from" in line and "step 2 of 4" in line for line in logs)
     after = wm.load(model_dir(out)).state_dict()
     for key, value in uninterrupted.items():
         torch.testing.assert_close(after[key], value, rtol=0, atol=1e-6, msg=key)
+    resumed_hist = json.loads((out / WEIGHTS_FILE).read_text())["histograms"]["weights"]
+    assert resumed_hist["counts"] == histograms["histograms"]["weights"]["counts"]
     assert not checkpoints.exists()

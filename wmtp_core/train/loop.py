@@ -63,6 +63,7 @@ FAULT_ENV = "WMTP_FAULT_KILL"  # "RANK:STEP": that rank SIGKILLs itself when it 
 HISTORY_FILE = "history.jsonl"
 RESULT_FILE = "result.json"
 CURVES_FILE = "loss_curves.png"
+WEIGHTS_FILE = "token_weights.json"  # histograms of the token weights the recipe produced (weighted recipes)
 FINGERPRINT_FILE = "FINGERPRINT"
 
 
@@ -282,6 +283,7 @@ class Trainer:
         pairwise = job.recipe == "critic" and cfg.get("pairwise", False)
         params = [p for p in self.trainable.parameters() if p.requires_grad]
         stats = StatSums()
+        stats.load_histograms(state.get("histograms"))
         bar = tqdm(total=self.total_steps, initial=state["step"], desc=job.asset, unit="step",
                    disable=self.rank != 0, dynamic_ncols=True)  # fmt: skip
         window_tokens, window_start = 0, time.perf_counter()
@@ -328,6 +330,8 @@ class Trainer:
                                     tok_s=f"{row['tokens_per_s']:.0f}")  # fmt: skip
                 bar.update(1)
                 if state["step"] % cfg["checkpoint_every"] == 0 and not done:
+                    stats.fold_histograms(self.group)
+                    state["histograms"] = stats.histograms()
                     save_checkpoint(ckpt_root, state["step"], self.trainable, self.optimizer, self.scheduler,
                                     state=state, keep=cfg["keep_checkpoints"])  # fmt: skip
         except BaseException:
@@ -335,6 +339,8 @@ class Trainer:
             tracker.finish("FAILED")
             raise
         bar.close()
+        stats.fold_histograms(self.group)
+        state["histograms"] = stats.histograms()
         result = self._write_outputs(state, tracker)
         if self.world > 1:
             dist.barrier()
@@ -382,6 +388,9 @@ class Trainer:
         plot_loss_curves(state["history"], out / CURVES_FILE, f"{job.asset} ({job.recipe})")
         (out / "config.json").write_text(json.dumps({"job": job.model_dump(mode="json")}, indent=2) + "\n")
         (out / RESULT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if state["histograms"]:
+            weights = {"recipe": job.recipe, "histograms": state["histograms"]}
+            (out / WEIGHTS_FILE).write_text(json.dumps(weights, indent=1) + "\n")
         tracker.log_artifact(out / CURVES_FILE)
         tracker.log_artifact(out / "config.json")
         tracker.finish("FINISHED")

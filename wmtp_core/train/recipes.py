@@ -160,6 +160,8 @@ def recipe_step(trainable: nn.Module, batch: dict, den: Denominators, ctx: StepC
         elif recipe == "shuffled":
             w = shuffle_within_rows(w, response, ctx.generator)
         stats.add_weights("weights", w, response, cfg["min_weight"], cfg["max_weight"])
+        stats.add_histogram("weights", w, response, _edges(0.0, cfg["max_weight"], 50),
+                            f"{recipe} token weights (one per token, shared by every head)")  # fmt: skip
         token_w["heads"] = per_head(w, K)
         return cfg["value_coef"] * loss
 
@@ -173,6 +175,10 @@ def recipe_step(trainable: nn.Module, batch: dict, den: Denominators, ctx: StepC
                              group=ctx.group if cfg.get("global_selection", True) else None)[..., 0]  # fmt: skip
             stats.add_masked(f"rho1/excess/head{k}", excess, valid)
             stats.add_masked(f"rho1/selected/head{k}", (w > 0).float(), valid)
+            for kept, what in ((True, "selected"), (False, "rejected")):
+                stats.add_histogram(f"rho1/head{k}/{what}", excess, valid & ((w > 0) == kept), EXCESS_EDGES,
+                                    f"head {k}: excess loss over the reference of the {what} tokens")  # fmt: skip
+            stats.add_histogram(f"rho1/head{k}/weights", w, valid, _edges(0.0, 4.0, 40), f"head {k}: Rho-1 weights")
             return w
         return None
 
@@ -183,6 +189,14 @@ def recipe_step(trainable: nn.Module, batch: dict, den: Denominators, ctx: StepC
     for k in heads:
         stats.add(f"loss/head{k}", result.head_loss[k - 1])
         stats.add(f"ce/head{k}", result.ce_sum[k - 1] / den.heads[k - 1])
+
+
+def _edges(lo: float, hi: float, bins: int) -> list[float]:
+    return [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+
+
+# Excess loss (nats) of a head over the reference; values beyond count in the end bins.
+EXCESS_EDGES = _edges(-5.0, 5.0, 50)
 
 
 def _next_valid(labels: Tensor) -> Tensor:

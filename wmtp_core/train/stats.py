@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,11 @@ class StatSums:
     def __init__(self) -> None:
         self.kind: dict[str, str] = {}
         self.values: dict[str, list[Tensor]] = defaultdict(list)
+        # Histograms over the whole run: this rank's counts since the last reduce, and the totals over every rank
+        # (identical on all ranks after each reduce, so any rank's copy can go into a checkpoint).
+        self.hist_meta: dict[str, tuple[list[float], str]] = {}
+        self.hist_local: dict[str, Tensor] = {}
+        self.hist_totals: dict[str, list[float]] = {}
 
     def _put(self, name: str, kind: str, parts: list[Tensor]) -> None:
         self.kind[name] = kind
@@ -58,15 +64,52 @@ class StatSums:
         t = target.float()[mask]
         self._put(name, "ev", [mask.sum(), resid.sum(), (resid**2).sum(), t.sum(), (t**2).sum()])
 
+    def add_histogram(self, name: str, x: Tensor, mask: Tensor, edges: Sequence[float], label: str) -> None:
+        """Count the masked values of `x` into fixed bins (values outside `edges` go to the end bins)."""
+        if name not in self.hist_meta:
+            self.hist_meta[name] = (list(map(float, edges)), label)
+        e = torch.tensor(self.hist_meta[name][0], device=x.device)
+        sel = x.detach().float()[mask].clamp(e[0], e[-1])
+        counts = torch.bincount(torch.bucketize(sel, e[1:-1], right=True), minlength=len(e) - 1).double()
+        self.hist_local[name] = self.hist_local[name] + counts if name in self.hist_local else counts
+
+    def histograms(self) -> dict[str, dict]:
+        """The run's histograms over every rank, as of the last reduce: {name: {edges, counts, label}}."""
+        return {name: {"edges": self.hist_meta[name][0], "counts": [int(c) for c in counts],
+                       "label": self.hist_meta[name][1]}
+                for name, counts in sorted(self.hist_totals.items())}  # fmt: skip
+
+    def load_histograms(self, saved: dict[str, dict] | None) -> None:
+        """Restore `histograms()` from a checkpoint's trainer state."""
+        for name, h in (saved or {}).items():
+            self.hist_meta[name] = (h["edges"], h["label"])
+            self.hist_totals[name] = [float(c) for c in h["counts"]]
+
+    def _local_histograms(self) -> dict[str, tuple]:
+        return {name: (self.hist_meta[name], counts.tolist()) for name, counts in self.hist_local.items()}
+
+    def _add_to_totals(self, parts: list[dict[str, tuple]]) -> None:
+        self.hist_local.clear()
+        for part in parts:
+            for name, (meta, counts) in part.items():
+                self.hist_meta.setdefault(name, (meta[0], meta[1]))
+                total = self.hist_totals.setdefault(name, [0.0] * len(counts))
+                for i, c in enumerate(counts):
+                    total[i] += c
+
+    def fold_histograms(self, group=None) -> None:
+        """Add every rank's pending histogram counts to the totals (a collective), e.g. before a checkpoint."""
+        self._add_to_totals(_gather(self._local_histograms(), group))
+
     def reduce(self, group=None) -> dict[str, float]:
-        """The figures over every rank (a collective: every rank calls it), then cleared."""
+        """The figures over every rank (a collective: every rank calls it), then cleared; histogram counts are
+        added to the run's totals."""
         local = {name: (self.kind[name], torch.stack(parts).tolist()) for name, parts in self.values.items()}
-        gathered = [local]
-        if dist.is_available() and dist.is_initialized():
-            gathered = [None] * dist.get_world_size(group)
-            dist.all_gather_object(gathered, local, group=group)
+        hist = self._local_histograms()
+        gathered = _gather((local, hist), group)
+        self._add_to_totals([h for _, h in gathered])
         merged: dict[str, tuple[str, list[float]]] = {}
-        for part in gathered:
+        for part, _ in gathered:
             for name, (kind, rows) in part.items():
                 comps = _KINDS[kind]
                 acc = merged.setdefault(name, (kind, [math.inf if c == "min" else -math.inf if c == "max" else 0.0
@@ -76,6 +119,14 @@ class StatSums:
                         acc[i] = min(acc[i], row[i]) if c == "min" else max(acc[i], row[i]) if c == "max" else acc[i] + row[i]
         self.values.clear()
         return {k: v for name, (kind, acc) in sorted(merged.items()) for k, v in _figures(name, kind, acc).items()}
+
+
+def _gather(obj, group) -> list:
+    if dist.is_available() and dist.is_initialized():
+        gathered = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, obj, group=group)
+        return gathered
+    return [obj]
 
 
 def _figures(name: str, kind: str, acc: list[float]) -> dict[str, float]:
