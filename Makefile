@@ -4,7 +4,7 @@ VENV := .venv
 DVC_VENV := .venv-dvc
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup browser demo test lint
 
 $(BIN)/.wmtp-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,16 @@ $(BIN)/dvc: $(DVC_VENV)/.dvc-installed $(BIN)/.wmtp-installed
 
 setup: $(BIN)/.wmtp-installed $(BIN)/dvc
 
+# The UI test drives Debian's chromium through Playwright (no browser download); installed here when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
 demo: setup
 	$(BIN)/wmtp demo
 
-test: setup
+test: setup browser
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --dist loadscope
 
 lint: setup

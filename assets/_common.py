@@ -3,6 +3,7 @@ its data version."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,34 @@ def materialized(meta: dict[str, Any]) -> dg.MaterializeResult:
     """The result of an asset: its metadata, and the manifest's SHA256 as its data version, so Dagster marks
     downstream assets unsynced when this version changes (as DVC does when the directory's hash changes)."""
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(meta["manifest_sha256"]))
+
+
+def image_metadata(png: Path, caption: str) -> dg.MetadataValue:
+    """A PNG the Dagster UI shows inline: Markdown with the image embedded as a data URI (the UI cannot read
+    files from storage), the file's path under it."""
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    return dg.MetadataValue.md(f"**{caption}**\n\n![{caption}](data:image/png;base64,{data})\n\n`{png}`")
+
+
+def table_metadata(rows: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
+    """Rows of flat dicts (same keys) as a Dagster table; numbers stay numbers, None becomes empty."""
+    if not rows:
+        return dg.MetadataValue.md("_(no rows)_")
+    columns = list(rows[0])
+
+    def kind(c: str) -> str:
+        values = [r.get(c) for r in rows if r.get(c) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return "int"
+        if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            return "float"
+        return "string"
+
+    kinds = {c: kind(c) for c in columns}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, kinds[c]) for c in columns])
+    records = [
+        dg.TableRecord({c: (r.get(c) if kinds[c] != "string" or r.get(c) is None else str(r.get(c)))
+                        for c in columns})  # fmt: skip
+        for r in rows
+    ]
+    return dg.MetadataValue.table(records, schema=schema)

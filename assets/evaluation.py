@@ -1,7 +1,8 @@
 """Evaluation: pass@k of each model on HumanEval and MBPP, judged in the sandbox, and the experiment report.
 
-One asset per (model, task) pair, `eval_<model>_<task>`, made by `evaluation_asset`. A trained policy joins the
-evaluation (and the report) by adding its (group, asset) pair to EVALUATED_MODELS.
+One asset per (model, task) pair, `eval_<model>_<task>`, made by `evaluation_asset`: the base model and the policy
+of every experiment and weight control (EVALUATED_MODELS). The report also reads what each training run wrote
+(held-out loss per head, training curves, token-weight histograms).
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ from typing import Any
 
 import dagster as dg
 
-from assets._common import asset_metadata, markdown_table, materialized
+from assets._common import asset_metadata, image_metadata, markdown_table, materialized, table_metadata
 from dagster_defs.resources import LauncherResource, MlflowResource, ParamsResource, StorageResource
 from wmtp_core.eval.evaluate import evaluate
-from wmtp_core.eval.report import METRICS_FILE, write_report
+from wmtp_core.eval.report import METRICS_FILE, ui_tables, write_report
 from wmtp_core.storage import publish, read_manifest, verify
+from wmtp_core.train.layout import ASSET
+from wmtp_core.train.layout import GROUP as TRAINING_GROUP
+from wmtp_core.train.layout import model_dir as trained_model_dir
 from wmtp_core.train.tracking import Tracker, sanitize_name
 
 GROUP = "evaluation"
-EVALUATED_MODELS: list[tuple[str, str]] = [("models", "base_model")]  # (storage group, asset name)
+POLICIES = [ASSET[r] for r in ("baseline", "verifiable", "rho1", "random_matched", "shuffled")]
+# (storage group, asset name): the untrained base model first, the report's point of comparison
+EVALUATED_MODELS: list[tuple[str, str]] = [("models", "base_model"), *((TRAINING_GROUP, p) for p in POLICIES)]
+BASELINE_MODEL = "base_model"
+# Training runs whose results the report shows beside the evaluations (the critic and the tuned reference too)
+REPORTED_TRAINING = [*POLICIES, ASSET["reference"], ASSET["critic"]]
 TASKS = ["humaneval", "mbpp"]
 _TASK_DATA = {"humaneval": "humaneval_processed", "mbpp": "mbpp_processed"}
 
@@ -79,6 +88,8 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
                 f"{name}: evaluation.limit = {p.limit}: only the first {p.limit} tasks are evaluated"
             )
         model_dir = storage.asset_dir(model_group, model)
+        if model_group == TRAINING_GROUP:  # a training asset keeps its model beside the run's files
+            model_dir = trained_model_dir(model_dir)
         tokenizer_dir = storage.asset_dir("sources", "tokenizer")
         data_dir = storage.asset_dir("data", data_asset)
         for d in (tokenizer_dir, data_dir):  # the model directory is verified once, by evaluate()'s load
@@ -115,38 +126,59 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
 evaluations = [evaluation_asset(group, model, task) for group, model in EVALUATED_MODELS for task in TASKS]
 
 
+REPORT = "experiment_report"
+REPORT_PLOTS = ["pass_at_k.png", "training_curves.png", "heldout_loss.png", "token_weights.png"]
+
+
 @dg.asset(
+    name=REPORT,
     group_name=GROUP,
-    deps=evaluations,
+    deps=[*evaluations, *(dg.AssetKey(name) for name in REPORTED_TRAINING)],
     metadata={
-        "dvc/metrics": [f"storage/{GROUP}/experiment_report/{METRICS_FILE}"],
+        "dvc/metrics": [f"storage/{GROUP}/{REPORT}/{METRICS_FILE}"],
+        "dvc/plots": [f"storage/{GROUP}/{REPORT}/{png}" for png in REPORT_PLOTS],
     },
-    description="pass@k of every evaluated model side by side, speculative acceptance, plots (Markdown + JSON).",
+    description="The experiments side by side: pass@k against the base model, completion length, samples, "
+    "held-out loss per head, training curves, token-weight histograms (Markdown + JSON + PNG).",
 )
 def experiment_report(
     storage: StorageResource, params: ParamsResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     p = params.load().experiment_report
     eval_dirs = [storage.asset_dir(GROUP, a.key.to_user_string()) for a in evaluations]
-    for d in eval_dirs:
+    training_dirs = [storage.asset_dir(TRAINING_GROUP, name) for name in REPORTED_TRAINING]
+    for d in eval_dirs + training_dirs:
         verify(d)
-    out = storage.asset_dir(GROUP, "experiment_report")
+    out = storage.asset_dir(GROUP, REPORT)
+    summary: dict = {}
 
     def write(tmp: Path) -> dict:
-        summary = write_report(eval_dirs, tmp, p)
-        return {"models": len(summary["models"]), "tasks": len(summary["tasks"])}
+        summary.update(write_report(eval_dirs, tmp, p, training_dirs=training_dirs, baseline=BASELINE_MODEL))
+        return {"models": len(summary["models"]), "tasks": len(summary["tasks"]), "training_runs": len(training_dirs)}
 
     manifest = publish(out, write, params=p.model_dump())
     report = (out / "report.md").read_text()
-    flat = {
-        f"{model}/{task}/{sanitize_name(k)}": v
-        for model, tasks in json.loads((out / METRICS_FILE).read_text()).items()
-        for task, values in tasks.items()
-        for k, v in values.items()
-    }
+    flat = _flat_report_metrics(json.loads((out / METRICS_FILE).read_text()))
     run_id = _log_run(
-        mlflow, "experiment_report", p.model_dump(), flat, sorted(out.glob("*.png")) + [out / "report.md"]
+        mlflow, REPORT, p.model_dump(), flat, sorted(out.glob("*.png")) + [out / "report.md", out / "report.json"]
     )
     meta = asset_metadata(out, manifest, preview=report)
+    for table, rows in ui_tables(summary).items():
+        meta[f"table/{table}"] = table_metadata(rows)
+    for png in summary.get("plots", []):
+        meta[f"plot/{Path(png).stem}"] = image_metadata(out / png, Path(png).stem.replace("_", " "))
+    meta["report"] = dg.MetadataValue.path(str(out / "report.md"))
     meta["mlflow_run_id"] = run_id
     return materialized(meta)
+
+
+def _flat_report_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
+    """metrics.json's numbers as MLflow metric names (model/task/metric)."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sanitize_name(str(key))}"
+        if isinstance(value, dict):
+            flat.update(_flat_report_metrics(value, name + "/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat

@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not exported; raised by PipesSubprocessClient
 
-from assets._common import asset_metadata, markdown_table, materialized
+from assets._common import asset_metadata, image_metadata, markdown_table, materialized
 from dagster_defs.resources import LauncherResource, MlflowResource, ParamsResource, StorageResource
 from wmtp_core.storage import publish
 from wmtp_core.train.job import ASSET, GROUP, START_FROM, plan_job
@@ -56,7 +56,10 @@ def training_asset(recipe: str) -> dg.AssetsDefinition:
         name=name,
         group_name=GROUP,
         deps=deps,
-        metadata={"dvc/params": ["train.defaults", f"train.{recipe}", f"sampling.{stage}"]},
+        metadata={
+            "dvc/params": ["train.defaults", f"train.{recipe}", f"sampling.{stage}"],
+            "dvc/plots": [f"storage/{GROUP}/{name}/{CURVES_FILE}"],
+        },
         description=_DESCRIPTION[recipe],
     )
     def _training(
@@ -99,7 +102,7 @@ def training_asset(recipe: str) -> dg.AssetsDefinition:
         result = json.loads((out / RESULT_FILE).read_text())
         meta = asset_metadata(out, manifest, preview=_preview(result))
         meta.update({k: v for k, v in reported.items() if k not in meta})
-        meta["loss_curves"] = dg.MetadataValue.path(str(out / CURVES_FILE))
+        meta["loss_curves"] = image_metadata(out / CURVES_FILE, f"{name}: loss curves")
         return materialized(meta)
 
     return _training

@@ -17,8 +17,6 @@ import click
 from wmtp_core.cli import _register, cli
 from wmtp_core.config import ConfigError, load_params
 
-_QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
 
 def _instance():
     from dagster import DagsterInstance
@@ -41,16 +39,20 @@ def _validated_defs():
     return defs
 
 
-def _run(defs, selection) -> None:
-    """Execute the selected assets (and their checks) in process; fail when a step or a check fails."""
+def _run(defs, selection, *, log_level: str = "INFO") -> None:
+    """Execute the selected assets (and their checks) in process; fail when a step or a check fails. A line per
+    materialized asset shows the progress."""
     from dagster import AssetKey
 
     from dagster_defs.definitions import MAIN_JOB
+    from dagster_defs.demo import expect
 
     job = defs.resolve_job_def(MAIN_JOB)
     keys = [AssetKey(name) for name in selection] if selection is not None else None
+    expect([k.to_user_string() for k in (keys or defs.resolve_asset_graph().get_all_asset_keys())])
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     result = job.execute_in_process(
-        instance=_instance(), asset_selection=keys, raise_on_error=False, run_config=_QUIET
+        instance=_instance(), asset_selection=keys, raise_on_error=False, run_config=run_config
     )
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     for e in failed_checks:
@@ -65,15 +67,63 @@ def _run(defs, selection) -> None:
 
 
 @click.command()
-@click.argument("assets", nargs=-1, required=True)
-def materialize(assets: tuple[str, ...]) -> None:
-    """Materialize ASSETS (and run their checks) through Dagster, recording the run in DAGSTER_HOME."""
+@click.argument("selection", nargs=-1, required=True)
+@click.option("--dry-run", is_flag=True, help="list the selected assets in run order; run nothing")
+def materialize(selection: tuple[str, ...], dry_run: bool) -> None:
+    """Materialize the assets SELECTION names (and run their checks) through Dagster, recording the run in
+    DAGSTER_HOME.
+
+    SELECTION is one or more expressions of Dagster's asset selection syntax, read as `define_asset_job` and
+    the UI read them; several select their union. Quote those holding * or spaces for the shell.
+
+    \b
+      tokenizer                         one asset
+      +tokenizer, tokenizer+            it and its parents / its children: each + one more level
+      '*policy_rho1', 'tokenizer*'      it and all its ancestors / all its descendants
+      group:training                    every asset of a group
+      +key:policy_rho1                  Dagster's current syntax: + is every level (1+key:... one)
+      'key:critic+ and group:training'  and, or, not; wildcards as in key:policy_*
+
+    \b
+    Examples:
+      wmtp materialize codecontests_raw tokenizer
+      wmtp materialize --dry-run '*policy_rho1'
+    """
+    from dagster_defs.lineage import SelectionError, select
+
     defs = _validated_defs()
-    known = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    unknown = [a for a in assets if a not in known]
-    if unknown:
-        raise click.BadParameter(f"unknown asset(s) {unknown}; known: {sorted(known)}", param_hint="ASSETS")
-    _run(defs, list(assets))
+    try:
+        keys = select(defs.resolve_asset_graph(), selection)
+    except SelectionError as e:
+        raise click.BadParameter(str(e), param_hint="SELECTION") from e
+    names = [k.to_user_string() for k in keys]
+    if dry_run:
+        click.echo(f"{len(names)} asset(s) selected, in run order (their checks run with them):")
+        for name in names:
+            click.echo(f"  {name}")
+        return
+    _run(defs, names)
+
+
+@click.command()
+@click.argument("asset")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text")
+def lineage(asset: str, as_json: bool) -> None:
+    """Show ASSET and its ancestors, upstream first, without the UI.
+
+    For each: its storage path, data version (SHA256 of its MANIFEST.json), code version, params section as
+    params.yaml says now, last materialization (time, run id) in DAGSTER_HOME, its DVC stage and dvc.lock record,
+    and whether it is stale (code, params or an input changed since) or never materialized.
+    """
+    from dagster_defs.lineage import SelectionError, asset_lineage, format_lineage
+
+    defs = _validated_defs()
+    try:
+        with _instance() as instance:
+            found = asset_lineage(defs, instance, asset)
+    except SelectionError as e:
+        raise click.BadParameter(str(e), param_hint="ASSET") from e
+    click.echo(json.dumps(found, indent=2) if as_json else format_lineage(found))
 
 
 @click.command("dvc-yaml")
@@ -123,10 +173,16 @@ def status(as_json: bool) -> None:
 
 
 @click.command()
-def demo() -> None:
-    """Materialize every asset on the embedded default (demo data, micro models) and say where results are."""
+@click.option("--verbose", is_flag=True, help="Dagster's INFO log of every step (default: warnings, progress)")
+def demo(verbose: bool) -> None:
+    """Materialize every asset on the embedded default (demo data, micro models), record the result in DVC's
+    dvc.lock (so `dvc repro` has nothing left to do), and say where the results are."""
+    from dagster_defs.demo import record_in_dvc
+    from dagster_defs.resources import project_root
+
     defs = _validated_defs()
-    _run(defs, None)
+    _run(defs, None, log_level="INFO" if verbose else "WARNING")
+    click.echo(record_in_dvc(project_root()))
     storage = Path(defs.resources["storage"].root)
     click.echo(f"\nresults under {storage}:")
     graph = defs.resolve_asset_graph()
@@ -157,7 +213,7 @@ def ui(host: str, port: int) -> None:
     os.execve(args[0], args, env)
 
 
-PIPELINE_COMMANDS = [materialize, dvc_yaml, status, demo, ui]
+PIPELINE_COMMANDS = [materialize, lineage, dvc_yaml, status, demo, ui]
 
 
 def build_cli() -> click.Group:

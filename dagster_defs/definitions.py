@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 import assets
+from dagster_defs.demo import progress
 from dagster_defs.resources import build_resources
 from dagster_defs.versions import ParamsFile, code_deps, code_version, external_inputs, params_section
 
@@ -39,7 +40,7 @@ def build_definitions(storage_root: str | None = None, params_path: str | None =
     ]
     checks = dg.load_asset_checks_from_package_module(assets)
     main = dg.define_asset_job(
-        MAIN_JOB, selection=dg.AssetSelection.all(), description="every asset, in order"
+        MAIN_JOB, selection=dg.AssetSelection.all(), description="every asset, in order", hooks={progress}
     )
     return dg.Definitions(assets=all_assets, asset_checks=checks, jobs=[main], resources=resources)
 

@@ -1,7 +1,9 @@
 """Resources shared by every asset: where files go, what params.yaml says, MLflow, and the training launcher.
 
 Paths default to the project root: `WMTP_ROOT` if set, else the nearest directory at or above the current one
-that holds `params.yaml` (DVC runs stage commands from the repository root, so both agree).
+that holds `params.yaml` (DVC runs stage commands from the repository root, so both agree). The params file
+is the root's params.yaml unless `WMTP_PARAMS` names another (absolute, or relative to the root), e.g.
+`WMTP_PARAMS=presets/7b_1t_4.yaml`: `wmtp materialize`, `demo`, `ui` and DVC's stage commands all read it.
 """
 
 from __future__ import annotations
@@ -11,17 +13,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from wmtp_core.config import Params, load_params
+from wmtp_core.config import Params, load_params, params_file, project_dir
 
 
 def project_root() -> Path:
-    if env := os.environ.get("WMTP_ROOT"):
-        return Path(env).absolute()
-    here = Path.cwd().absolute()
-    for d in (here, *here.parents):
-        if (d / "params.yaml").is_file():
-            return d
-    return here
+    return project_dir()
 
 
 def default_storage_root(root: Path | None = None) -> Path:
@@ -132,8 +128,8 @@ class LauncherResource(dg.ConfigurableResource):
 def build_resources(storage_root: str | Path | None = None, params_path: str | Path | None = None) -> dict:
     """The resources of the code location. Environment variables override the defaults:
 
-    MLFLOW_TRACKING_URI, WMTP_MLFLOW_ARTIFACTS, WMTP_NPROC_PER_NODE, WMTP_NNODES, WMTP_BACKEND, WMTP_DEVICE,
-    WMTP_RDZV_ENDPOINT.
+    WMTP_PARAMS, MLFLOW_TRACKING_URI, WMTP_MLFLOW_ARTIFACTS, WMTP_NPROC_PER_NODE, WMTP_NNODES, WMTP_BACKEND,
+    WMTP_DEVICE, WMTP_RDZV_ENDPOINT.
     """
     root = project_root()
     storage = Path(storage_root).absolute() if storage_root else default_storage_root(root)
@@ -142,7 +138,7 @@ def build_resources(storage_root: str | Path | None = None, params_path: str | P
     return {
         "storage": StorageResource(root=str(storage)),
         "params": ParamsResource(
-            path=str(Path(params_path).absolute() if params_path else root / "params.yaml")
+            path=str(Path(params_path).absolute() if params_path else params_file(root))
         ),
         "mlflow": MlflowResource(
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}",

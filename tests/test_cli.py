@@ -47,3 +47,16 @@ def test_input_errors_name_the_file_without_a_traceback(wmtp, tmp_path: Path, mo
     monkeypatch.setenv("WMTP_DEBUG", "1")
     result = runner.invoke(wmtp, ["convert-meta", str(checkpoint), str(tmp_path / "out")])
     assert type(result.exception).__name__ == "CheckpointError"
+
+
+def test_version_prints_the_package_version(wmtp) -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(wmtp, ["--version"])
+    assert result.exit_code == 0 and result.output == f"wmtp {version('wmtp')}\n"
+
+
+def test_lineage_is_a_command_with_help(wmtp) -> None:
+    result = CliRunner().invoke(wmtp, ["lineage", "--help"])
+    assert result.exit_code == 0 and "lineage [OPTIONS] ASSET" in result.output
+    assert "--json" in result.output

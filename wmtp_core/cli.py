@@ -27,6 +27,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wmtp", prog_name="wmtp", message="%(prog)s %(version)s")
 def cli() -> None:
     """WMTP: weighted multi-token prediction for code models.
 

@@ -8,6 +8,7 @@ descendants. Every path in the file is relative to the file itself and is resolv
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,18 @@ from wmtp_core.model.params import BaseModelParams, ReferenceModelParams
 from wmtp_core.section import BASE_DIR, ConfigError, Section, format_validation_error
 from wmtp_core.train.params import TrainParams
 
-__all__ = ["ConfigError", "Params", "Section", "format_validation_error", "load_params"]
+__all__ = [
+    "ConfigError",
+    "Params",
+    "Section",
+    "format_validation_error",
+    "load_params",
+    "params_file",
+    "project_dir",
+]
+
+DEFAULT_PARAMS = "params.yaml"
+PARAMS_ENV = "WMTP_PARAMS"  # another params file for every command, e.g. presets/7b_1t_4.yaml
 
 
 class Params(Section):
@@ -65,3 +77,25 @@ def load_params(path: str | Path) -> Params:
         return Params.model_validate(raw, context={BASE_DIR: path.absolute().parent})
     except ValidationError as e:
         raise ConfigError(format_validation_error(str(path), e)) from e
+
+
+def project_dir(start: str | Path | None = None) -> Path:
+    """The project root: `WMTP_ROOT` if set, else the nearest directory at or above `start` (default: the
+    current one) that holds params.yaml, else `start` itself."""
+    if env := os.environ.get("WMTP_ROOT"):
+        return Path(env).absolute()
+    here = Path(start or Path.cwd()).absolute()
+    for d in (here, *here.parents):
+        if (d / DEFAULT_PARAMS).is_file():
+            return d
+    return here
+
+
+def params_file(root: str | Path | None = None) -> Path:
+    """The params file commands read unless told otherwise: `$WMTP_PARAMS` (absolute, or relative to the
+    project root) or the project's params.yaml. A preset chosen so leaves the committed params.yaml as is."""
+    root = Path(root).absolute() if root else project_dir()
+    if env := os.environ.get(PARAMS_ENV):
+        path = Path(env).expanduser()
+        return path if path.is_absolute() else root / path
+    return root / DEFAULT_PARAMS

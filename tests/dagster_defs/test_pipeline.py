@@ -10,11 +10,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import yaml
 from dagster_defs.definitions import defs
 from dagster_defs.dvcgen import edges, stages
 from tests.conftest import free_port
+from tests.dagster_ui import running_ui
 from wmtp_core.storage import sha256_file, verify
 
 pytestmark = pytest.mark.slow
@@ -32,6 +31,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 STAGES = stages(defs)
 TRAINING = {name for name, stage in STAGES.items() if stage["outs"][0].startswith("storage/training/")}
+EVALUATIONS = {name for name in STAGES if name.startswith("eval_")}
 
 
 @dataclass
@@ -170,65 +170,13 @@ def test_changing_one_param_reruns_that_asset_and_its_descendants_only(pipeline:
     assert {name for name in STAGES if after[name] != before[name]} == descendants
 
 
-def _descendant_pids(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 QUERY = """{ assetNodes { assetKey { path } dependencyKeys { path }
   assetMaterializations(limit: 1) { runId timestamp } } }"""
 
 
 def test_dagster_dev_serves_edges_and_latest_materializations(pipeline: Pipeline):
-    port = free_port()
-    # `wmtp ui` execs `dagster dev` on the copy's default DAGSTER_HOME (storage/dagster_home). It restores SIGINT
-    # itself (dagster dev copies SIGINT's disposition onto SIGTERM), so start it with SIGINT ignored to prove it.
-    proc = subprocess.Popen(
-        [str(BIN / "wmtp"), "ui", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=pipeline.repo,
-        env=pipeline.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
-    started: set[int] = set()
-    try:
-        deadline = time.monotonic() + 300
-        nodes = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            started |= _descendant_pids(proc.pid)
-            try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/graphql",
-                    data=json.dumps({"query": QUERY}).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    nodes = json.loads(response.read())["data"]["assetNodes"]
-                break
-            except (OSError, KeyError, TypeError):
-                time.sleep(2)
-        assert nodes is not None, f"dagster dev did not answer on port {port} (exit code {proc.poll()})"
+    with running_ui(BIN / "wmtp", pipeline.repo, pipeline.env) as ui:
+        nodes = ui.graphql(QUERY)["assetNodes"]
         served = {
             (tuple(d["path"])[-1], tuple(n["assetKey"]["path"])[-1])
             for n in nodes
@@ -241,21 +189,7 @@ def test_dagster_dev_serves_edges_and_latest_materializations(pipeline: Pipeline
                 latest = instance.get_latest_materialization_event(dg.AssetKey(name))
                 assert node["assetMaterializations"], f"{name}: no materialization served"
                 assert node["assetMaterializations"][0]["runId"] == latest.run_id
-    finally:
-        started |= _descendant_pids(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_alive(p) for p in started):
-            time.sleep(0.5)
-        leftover = [p for p in started if _alive(p)]
-        for pid in leftover:
-            os.kill(pid, signal.SIGKILL)
-    assert not leftover, f"dagster dev left processes {leftover} after SIGTERM"
+    assert not ui.leftover, f"dagster dev left processes {ui.leftover} after SIGTERM"
 
 
 def test_push_to_s3_wipe_and_pull_restores_identical_files(pipeline: Pipeline):
@@ -325,7 +259,7 @@ def _dagster_stale(pipeline: Pipeline) -> set[str]:
         # The weighting runs in torchrun's workers: exactly the training stages.
         ("wmtp_core/weighting.py", TRAINING),
         # Only evaluation runs programs: the tokenizer and everything else stays.
-        ("wmtp_core/sandbox/server.py", {"eval_base_model_humaneval", "eval_base_model_mbpp"}),
+        ("wmtp_core/sandbox/server.py", EVALUATIONS),
     ],
 )
 def test_an_edit_marks_the_same_assets_in_dvc_status_and_the_dagster_ui(pipeline: Pipeline, edited, expected):

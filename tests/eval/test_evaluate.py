@@ -155,7 +155,9 @@ LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d34
 
 
 @pytest.mark.slow
-def test_evaluation_assets_and_report_materialize_and_log_to_mlflow(tmp_path, repo_root, llama2_tokenizer):
+def test_evaluation_assets_materialize_and_log_to_mlflow(tmp_path, repo_root, llama2_tokenizer):
+    """The base model's evaluations as assets; the policies' and the report need trained models: the fresh-clone
+    demo and the DVC pipeline test build those."""
     import dagster as dg
     import mlflow
 
@@ -174,9 +176,9 @@ def test_evaluation_assets_and_report_materialize_and_log_to_mlflow(tmp_path, re
     resources = build_resources(root / "storage", root / "params.yaml")
     upstream = [sources.codecontests_raw, sources.tokenizer, models.base_model, data.humaneval_processed,
                 data.mbpp_processed]  # fmt: skip
-    result = dg.materialize(
-        [*upstream, *evaluation.evaluations, evaluation.experiment_report], resources=resources
-    )
+    base_evaluations = [a for a in evaluation.evaluations if a.key.to_user_string().startswith("eval_base_model_")]
+    assert len(base_evaluations) == 2
+    result = dg.materialize([*upstream, *base_evaluations], resources=resources)
     assert result.success
     storage = root / "storage" / "evaluation"
     for task in ("humaneval", "mbpp"):
@@ -188,17 +190,9 @@ def test_evaluation_assets_and_report_materialize_and_log_to_mlflow(tmp_path, re
             2,
         )
         assert metrics["speculative"]["identical_to_greedy"] is True
-    report = (storage / "experiment_report" / "report.md").read_text()
-    assert (
-        report.startswith("# asset test") and "| base_model | humaneval | 2 of 164 (limit 2) | 2 |" in report
-    )
-    assert "| base_model | mbpp | 2 of 500 (limit 2) | 2 |" in report
-    dvc_metrics = json.loads((storage / "experiment_report" / "metrics.json").read_text())
-    assert set(dvc_metrics["base_model"]) == {"humaneval", "mbpp"}
 
     client = mlflow.MlflowClient(tracking_uri=resources["mlflow"].tracking_uri)
     runs = client.search_runs(experiment_ids=[resources["mlflow"].experiment_id()])
     by_name = {r.info.run_name: r for r in runs}
-    assert set(by_name) >= {"eval_base_model_humaneval", "eval_base_model_mbpp", "experiment_report"}
+    assert set(by_name) == {"eval_base_model_humaneval", "eval_base_model_mbpp"}
     assert by_name["eval_base_model_humaneval"].data.metrics["pass_at_1"] == 0.0
-    assert "base_model/mbpp/pass_at_2" in by_name["experiment_report"].data.metrics

@@ -45,7 +45,13 @@ class EvaluationParams(Section):
 
 
 class ExperimentReportParams(Section):
-    """The side-by-side report of every evaluated model."""
+    """The side-by-side report of every evaluated model and the training runs behind them."""
 
     title: str = "WMTP experiment report"
     plot_dpi: int = Field(120, ge=50, le=600)
+    samples_per_model: int = Field(
+        2,
+        ge=0,
+        description="completions shown per model and task: the first sample of the first tasks; 0 = none",
+    )
+    sample_chars: int = Field(400, ge=1, description="characters of each shown completion; the rest is cut")

@@ -1,8 +1,13 @@
-"""The experiment report: pass@k of every evaluated model side by side, speculative-decoding acceptance, plots.
+"""The experiment report: every evaluated model and the training runs behind them, side by side.
 
 Inputs are evaluation directories in the format of `wmtp_core.eval.results`, written by `wmtp evaluate` or
-`wmtp evaluate-completions` (their `metrics.json`); outputs are
-`report.md`, `report.json` (everything), `metrics.json` (the numbers DVC tracks) and PNG plots.
+`wmtp evaluate-completions` (their `metrics.json`, and `samples.parquet` for completion lengths and sample
+completions), and optionally training asset directories (`result.json`, `history.jsonl`, `token_weights.json`; see
+`load_training`). Outputs are `report.md`, `report.json` (everything), `metrics.json` (the numbers DVC tracks) and
+PNG plots; `ui_tables` gives the main tables as flat rows for a UI.
+
+Reading training directories is `wmtp_core.eval.report_training`, rendering report.md `report_markdown`, and
+drawing the plots `report_plots`; this module arranges the summary and writes the outputs.
 """
 
 from __future__ import annotations
@@ -13,28 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import click
-import matplotlib
+import polars as pl
 
-matplotlib.use("Agg")  # no display on these machines; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
+from wmtp_core.eval.params import ExperimentReportParams
+from wmtp_core.eval.report_markdown import render_markdown
+from wmtp_core.eval.report_plots import (
+    plot_heldout_loss,
+    plot_pass_at_k,
+    plot_speculative,
+    plot_token_weights,
+    plot_training_curves,
+)
+from wmtp_core.eval.report_training import TRAINING_COLUMNS, load_training, summarize_training
+from wmtp_core.eval.results import METRICS_FILE, ReportError, load_evaluation
+from wmtp_core.storage import atomic_dir, write_manifest
 
-from wmtp_core.eval.params import ExperimentReportParams  # noqa: E402
-from wmtp_core.eval.results import METRICS_FILE, ReportError, load_evaluation  # noqa: E402
-from wmtp_core.storage import atomic_dir, write_manifest  # noqa: E402
+SAMPLES_FILE = "samples.parquet"
+SAMPLE_COLUMNS = ("task_id", "sample", "completion", "status", "passed", "n_tokens")
 
 
 def _ordered_unique(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(values))
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _coverage(m: dict[str, Any]) -> str:
-    if m["limit"] is None:
-        return f"all {m['n_tasks']}"
-    return f"{m['n_tasks']} of {m['n_tasks_available']} (limit {m['limit']})"
 
 
 LEGACY_TIMING = (
@@ -53,18 +57,11 @@ def _judged(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**spec, **legacy}
 
 
-def _speedup_cell(spec: dict[str, Any]) -> str:
-    """The median speed-up with its range and repeats, or why there is no figure."""
-    if spec["speedup_not_meaningful"]:
-        return f"not meaningful: {spec['speedup_not_meaningful']}"
-    return (
-        f"{spec['speedup']:.2f}x ({spec['speedup_min']:.2f}–{spec['speedup_max']:.2f}x, "
-        f"{spec['repeats']} repeats)"
-    )
-
-
-def summarize(evaluations: Sequence[dict[str, Any]], title: str) -> dict[str, Any]:
-    """Arrange the evaluations by model and task; refuses two evaluations of the same (model, task)."""
+def summarize(
+    evaluations: Sequence[dict[str, Any]], title: str, baseline: str = "base_model"
+) -> dict[str, Any]:
+    """Arrange the evaluations by model and task, with every pass@k's change against the `baseline` model on the
+    same task (where it was evaluated); refuses two evaluations of the same (model, task)."""
     seen: set[tuple[str, str]] = set()
     for m in evaluations:
         key = (m["model"], m["task"])
@@ -91,145 +88,95 @@ def summarize(evaluations: Sequence[dict[str, Any]], title: str) -> dict[str, An
         }
         for model in models
     }
+    base = pass_at_k.get(baseline, {})
+    delta_vs_baseline = {
+        model: {
+            # Rounded: 0.15 - 0.125 is 0.025, not 0.024999999999999994.
+            task: {k: round(v - base[task][k], 12) for k, v in scores.items() if k in base[task]}
+            for task, scores in pass_at_k[model].items()
+            if task in base
+        }
+        for model in models
+        if model != baseline and any(task in base for task in pass_at_k[model])
+    }
     return {
         "title": title,
         "models": models,
         "tasks": tasks,
         "k": ks,
         "pass_at_k": pass_at_k,
+        "baseline": baseline,
+        "delta_vs_baseline": delta_vs_baseline,
         "speculative": speculative,
         "coverage": coverage,
         "limited": any(m["limit"] is not None for m in evaluations),
     }
 
 
-def render_markdown(summary: dict[str, Any], plots: Sequence[str]) -> str:
-    models, tasks, ks = summary["models"], summary["tasks"], summary["k"]
-    lines = [f"# {summary['title']}", ""]
-    if summary["limited"]:
-        lines += [
-            "**Some evaluations cover only part of a task set (limit set explicitly); see Coverage.**",
-            "",
-        ]
-    header = ["model"] + [f"{task} pass@{k}" for task in tasks for k in ks]
-    lines += ["## pass@k", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in models:
-        cells = [model]
-        for task in tasks:
-            scores = summary["pass_at_k"][model].get(task, {})
-            cells += [_fmt(scores.get(str(k))) for k in ks]
-        lines.append("| " + " | ".join(cells) + " |")
-
-    lines += ["", "## Self-speculative decoding (greedy, heads 2..n propose, head 1 verifies)", ""]
-    lines += [
-        "| model | task | prompts | tokens / forward | speedup vs greedy | identical to greedy | acceptance per head |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model in models:
-        for task, spec in summary["speculative"][model].items():
-            if not spec:
-                lines.append(f"| {model} | {task} | – | – | – | – | not measured |")
-                continue
-            rates = ", ".join(f"{r:.2f}" for r in spec.get("acceptance_rate_per_head", [])) or "–"
-            lines.append(
-                f"| {model} | {task} | {spec['prompts']} | {spec['tokens_per_forward']:.2f} | "
-                f"{_speedup_cell(spec)} | {'yes' if spec['identical_to_greedy'] else '**NO**'} | {rates} |"
-            )
-    lines += [
-        "",
-        "Speed-up: greedy seconds over self-speculative seconds, median of the timed repeats (range in "
-        "brackets); both decoders timed alike, after an untimed warm-up, in alternating order.",
-    ]
-
-    lines += [
-        "",
-        "## Coverage",
-        "",
-        "| model | task | tasks evaluated | samples per task |",
-        "|---|---|---|---|",
-    ]
-    for model in models:
-        for task, cov in summary["coverage"][model].items():
-            lines.append(f"| {model} | {task} | {_coverage(cov)} | {cov['n_samples']} |")
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
-    return "\n".join(lines) + "\n"
+# ---------------------------------------------------------------- completions (samples.parquet)
 
 
-def plot_pass_at_k(summary: dict[str, Any], out_file: Path, dpi: int) -> Path:
-    models, tasks, ks = summary["models"], summary["tasks"], summary["k"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
-    width = 0.8 / max(len(models), 1)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for i, model in enumerate(models):
-            scores = summary["pass_at_k"][model].get(task, {})
-            xs = [j + i * width for j in range(len(ks))]
-            ax.bar(xs, [scores.get(str(k), 0.0) for k in ks], width=width, label=model)
-        ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(ks))], [f"pass@{k}" for k in ks])
-        ax.set_ylim(0, 1)
-        ax.set_title(task)
-    axes[0][0].set_ylabel("fraction of tasks solved")
-    axes[0][-1].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out_file, dpi=dpi)
-    plt.close(fig)
-    return out_file
-
-
-def plot_speculative(summary: dict[str, Any], out_file: Path, dpi: int) -> Path | None:
-    rows = [
-        (f"{model}\n{task}", spec)
-        for model in summary["models"]
-        for task, spec in summary["speculative"][model].items()
-        if spec
-    ]
-    if not rows:
+def load_completions(eval_dir: str | Path, n: int, chars: int) -> dict[str, Any] | None:
+    """From an evaluation's samples.parquet: the mean `n_tokens` (None when not recorded, as for completions judged
+    from a file) and the first sample of each of the first `n` tasks, its completion cut to `chars` characters.
+    None when the evaluation has no samples.parquet."""
+    path = Path(eval_dir) / SAMPLES_FILE
+    if not path.is_file():
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    labels = [r[0] for r in rows]
-    left.bar(labels, [r[1]["tokens_per_forward"] for r in rows], label="tokens / forward")
-    shown = [(x, spec) for x, (_, spec) in enumerate(rows) if not spec["speedup_not_meaningful"]]
-    if shown:
-        medians = [spec["speedup"] for _, spec in shown]
-        left.errorbar(
-            [x for x, _ in shown],
-            medians,
-            yerr=[
-                [m - spec["speedup_min"] for m, (_, spec) in zip(medians, shown, strict=True)],
-                [spec["speedup_max"] - m for m, (_, spec) in zip(medians, shown, strict=True)],
-            ],
-            fmt="o",
-            color="black",
-            capsize=3,
-            label="speedup vs greedy (median, range)",
+    try:
+        frame = pl.scan_parquet(path)
+        columns = frame.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ReportError(f"{path}: cannot read ({e})") from e
+    missing = [c for c in SAMPLE_COLUMNS if c not in columns]
+    if missing:
+        raise ReportError(f"{path}: missing columns {missing}; expected {list(SAMPLE_COLUMNS)}")
+    try:
+        mean_tokens = frame.select(pl.col("n_tokens").cast(pl.Float64).mean()).collect().item()
+        first = (
+            frame.select(SAMPLE_COLUMNS)
+            .filter(pl.col("sample") == pl.col("sample").min().over("task_id"))
+            .unique("task_id", keep="first", maintain_order=True)
+            .head(n)
+            .collect()
+            .to_dicts()
         )
-    for x, (_, spec) in enumerate(rows):
-        if spec["speedup_not_meaningful"]:
-            # No point where there is no figure: the reason is in report.md and report.json.
-            left.text(x, 1.0, "speed-up\nnot meaningful", ha="center", va="bottom", fontsize="x-small")
-    left.axhline(1.0, color="grey", linewidth=0.8)
-    left.set_ylim(0, left.get_ylim()[1] * 1.25)  # room for the labels above the bars
-    left.set_title("self-speculative decoding")
-    left.legend(fontsize="small")
-    left.tick_params(axis="x", labelsize="small")
-    for label, spec in rows:
-        rates = spec.get("acceptance_rate_per_head", [])
-        right.plot(range(2, 2 + len(rates)), rates, marker="o", label=label.replace("\n", " / "))
-    right.xaxis.get_major_locator().set_params(integer=True)  # heads are whole numbers
-    right.set_xlabel("head (predicts token t+k)")
-    right.set_ylabel("acceptance rate")
-    right.set_ylim(0, 1)
-    right.set_title("proposals accepted per head")
-    right.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out_file, dpi=dpi)
-    plt.close(fig)
-    return out_file
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ReportError(f"{path}: cannot read ({e})") from e
+    samples = [
+        {
+            **{k: row[k] for k in ("task_id", "sample", "status", "passed", "n_tokens")},
+            "completion": (row["completion"] or "")[:chars],
+            "chars": len(row["completion"] or ""),
+            "truncated": len(row["completion"] or "") > chars,
+        }
+        for row in first
+    ]
+    return {"mean_tokens": mean_tokens, "samples": samples}
+
+
+def add_completions(
+    summary: dict[str, Any], completions: dict[tuple[str, str], dict[str, Any] | None]
+) -> None:
+    """`completion_length` {model: {task: mean tokens or None}} for every evaluation with a samples.parquet, and
+    `samples` {model: {task: [sample, ...]}} where there are any."""
+    summary["completion_length"] = {}
+    summary["samples"] = {}
+    for (model, task), found in completions.items():
+        if found is None:
+            continue
+        summary["completion_length"].setdefault(model, {})[task] = found["mean_tokens"]
+        if found["samples"]:
+            summary["samples"].setdefault(model, {})[task] = found["samples"]
+
+
+# ---------------------------------------------------------------- outputs
 
 
 def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The numbers DVC tracks: {model: {task: {pass@k..., tokens_per_forward, speedup}}}; no speedup where it is
-    not meaningful (report.json says why)."""
+    """The numbers DVC tracks: {model: {task: {pass@k..., tokens_per_forward, speedup, mean_completion_tokens}}};
+    no speedup where it is not meaningful (report.json says why), no length where none was recorded. Training runs
+    add {model: {"heldout": {"head1": ...}}} (the reference: head 1 only)."""
     out: dict[str, Any] = {}
     for model in summary["models"]:
         for task, scores in summary["pass_at_k"][model].items():
@@ -239,25 +186,117 @@ def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
                 entry["tokens_per_forward"] = spec["tokens_per_forward"]
                 if not spec["speedup_not_meaningful"]:
                     entry["speculative_speedup"] = spec["speedup"]
+            length = summary.get("completion_length", {}).get(model, {}).get(task)
+            if length is not None:
+                entry["mean_completion_tokens"] = length
             out.setdefault(model, {})[task] = entry
+    heldout = summary.get("heldout_loss", {"policies": {}, "reference": {}})
+    if (heldout["policies"] or heldout["reference"]) and "heldout" in summary["tasks"]:
+        raise ReportError("a task named 'heldout' clashes with the held-out losses in metrics.json")
+    for model, losses in heldout["policies"].items():
+        out.setdefault(model, {})["heldout"] = dict(losses)
+    for model, loss in heldout["reference"].items():
+        out.setdefault(model, {})["heldout"] = {"head1": loss}
     return out
 
 
+def ui_tables(summary: dict[str, Any]) -> dict[str, list[dict[str, str | float | int | None]]]:
+    """The report's main tables as flat rows with fixed column names, one figure per row, for a UI such as the
+    Dagster asset's table metadata. Takes `write_report`'s return value or a loaded report.json.
+
+    pass_at_k:          model, task, k, pass_at_k, baseline_pass_at_k, delta_vs_baseline
+                        (the baseline's figures are None where it was not evaluated on the task; the delta is None
+                        for the baseline's own rows)
+    completion_length:  model, task, mean_completion_tokens (None: not recorded)
+    heldout_loss:       model, recipe, head, heldout_loss (the reference: head 1 only)
+    training:           model, recipe, steps, tokens, rows, world_size, train_seconds, mlflow_run_id
+    """
+    # Rows follow the report's lists (models, tasks, training runs), not its dicts: report.json sorts those.
+    models, tasks = summary["models"], summary["tasks"]
+    base = summary["pass_at_k"].get(summary.get("baseline"), {})
+    deltas = summary.get("delta_vs_baseline", {})
+    pass_at_k = [
+        {
+            "model": model,
+            "task": task,
+            "k": k,
+            "pass_at_k": scores[str(k)],
+            "baseline_pass_at_k": base.get(task, {}).get(str(k)),
+            "delta_vs_baseline": deltas.get(model, {}).get(task, {}).get(str(k)),
+        }
+        for model in models
+        for task in tasks
+        if (scores := summary["pass_at_k"][model].get(task))
+        for k in summary["k"]
+        if str(k) in scores
+    ]
+    lengths = summary.get("completion_length", {})
+    completion_length = [
+        {"model": model, "task": task, "mean_completion_tokens": lengths[model][task]}
+        for model in models
+        for task in tasks
+        if task in lengths.get(model, {})
+    ]
+    training = summary.get("training", [])
+    heldout = summary.get("heldout_loss", {"policies": {}, "reference": {}})
+    heldout_loss = []
+    for t in training:
+        by_head = heldout["policies"].get(t["model"], {})
+        if t["model"] in heldout["reference"]:
+            by_head = {"head1": heldout["reference"][t["model"]]}
+        heads = sorted((int(h.removeprefix("head")), loss) for h, loss in by_head.items())
+        heldout_loss += [
+            {"model": t["model"], "recipe": t["recipe"], "head": h, "heldout_loss": loss} for h, loss in heads
+        ]
+    return {
+        "pass_at_k": pass_at_k,
+        "completion_length": completion_length,
+        "heldout_loss": heldout_loss,
+        "training": [{k: t[k] for k in TRAINING_COLUMNS} for t in training],
+    }
+
+
 def write_report(
-    eval_dirs: Sequence[str | Path], out_dir: str | Path, params: ExperimentReportParams | None = None
+    eval_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    params: ExperimentReportParams | None = None,
+    training_dirs: Sequence[str | Path] = (),
+    baseline: str = "base_model",
 ) -> dict[str, Any]:
-    """Write report.md, report.json, metrics.json and the plots into `out_dir` (which must exist)."""
+    """Write report.md, report.json, metrics.json and the plots into `out_dir` (which must exist).
+
+    `eval_dirs`: one evaluation directory per (model, task). `training_dirs`: training asset directories (the
+    policies, the tuned reference, the critic) named as the models they trained. `baseline`: the evaluated model
+    pass@k changes are measured against. Returns the summary written to report.json.
+    """
     params = params or ExperimentReportParams()
     if not eval_dirs:
         raise ReportError("eval_dirs: no evaluations to report on")
     out = Path(out_dir)
-    summary = summarize([load_evaluation(d) for d in eval_dirs], params.title)
-    plots = [plot_pass_at_k(summary, out / "pass_at_k.png", params.plot_dpi)]
-    spec_plot = plot_speculative(summary, out / "speculative.png", params.plot_dpi)
-    if spec_plot:
-        plots.append(spec_plot)
-    summary["plots"] = [p.name for p in plots]
-    (out / "report.md").write_text(render_markdown(summary, summary["plots"]))
+    evaluations = [(load_evaluation(d), d) for d in eval_dirs]
+    summary = summarize([m for m, _ in evaluations], params.title, baseline)
+    add_completions(
+        summary,
+        {
+            (m["model"], m["task"]): load_completions(d, params.samples_per_model, params.sample_chars)
+            for m, d in evaluations
+        },
+    )
+    summary.update(summarize_training([load_training(d) for d in training_dirs]))
+    plots = [
+        plot(summary, out / name, params.plot_dpi)
+        for plot, name in (
+            (plot_pass_at_k, "pass_at_k.png"),
+            (plot_speculative, "speculative.png"),
+            (plot_heldout_loss, "heldout_loss.png"),
+            (plot_training_curves, "training_curves.png"),
+            (plot_token_weights, "token_weights.png"),
+        )
+    ]
+    summary["plots"] = [p.name for p in plots if p]
+    (out / "report.md").write_text(
+        render_markdown(summary, summary["plots"], params.sample_chars), encoding="utf-8"
+    )
     (out / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / METRICS_FILE).write_text(json.dumps(dvc_metrics(summary), indent=2, sort_keys=True) + "\n")
     return summary
@@ -274,14 +313,29 @@ def write_report(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory to write report.md, report.json, metrics.json and the PNG plots into.",
 )
+@click.option(
+    "--training",
+    "training_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A training asset directory (result.json, history.jsonl, token_weights.json), named as its model; "
+    "repeat for each run.",
+)
+@click.option(
+    "--baseline", default="base_model", show_default=True, help="Model that pass@k changes are against."
+)
 @click.option("--title", default=ExperimentReportParams().title, show_default=True)
-def report_command(eval_dirs, out_dir, title):
+def report_command(eval_dirs, out_dir, training_dirs, baseline, title):
     """Side-by-side report of evaluation directories written by `wmtp evaluate` or `wmtp evaluate-completions`
-    (one per model and task)."""
+    (one per model and task), and of the training runs behind them."""
     params = ExperimentReportParams(title=title)
     with atomic_dir(out_dir) as tmp:
-        write_report(eval_dirs, tmp, params)
-        write_manifest(tmp, params=params.model_dump(), counts={"evaluations": len(eval_dirs)})
+        write_report(eval_dirs, tmp, params, training_dirs, baseline)
+        write_manifest(
+            tmp,
+            params=params.model_dump(),
+            counts={"evaluations": len(eval_dirs), "training_runs": len(training_dirs)},
+        )
     click.echo((Path(out_dir) / "report.md").read_text())
 
 

@@ -20,30 +20,7 @@ from wmtp_core.model.io import METADATA_FILE, read_args, read_metadata
 from wmtp_core.storage import MANIFEST, StorageError, read_manifest, sha256_file
 from wmtp_core.tokenizer import TOKENIZER_FILE
 from wmtp_core.train.data import sampled_rows
-
-GROUP = "training"
-# recipe -> the asset it produces
-ASSET = {
-    "critic": "critic",
-    "reference": "reference_tuned",
-    "baseline": "policy_baseline",
-    "verifiable": "policy_verifiable",
-    "rho1": "policy_rho1",
-    "random_matched": "policy_random_matched",
-    "shuffled": "policy_shuffled",
-}
-# recipe -> (storage group, asset) of the model it starts from
-START_FROM = {
-    "critic": ("models", "base_model"),
-    "reference": ("models", "reference_model"),
-    "baseline": ("models", "base_model"),
-    "verifiable": (GROUP, "critic"),
-    "rho1": ("models", "base_model"),
-    "random_matched": (GROUP, "critic"),
-    "shuffled": (GROUP, "critic"),
-}
-WEIGHTED = ("verifiable", "random_matched", "shuffled")  # TD weights from the critic's value head
-MODEL_SUBDIR = "model"  # a training asset holds its model directory here, beside the run's logs and plots
+from wmtp_core.train.layout import ASSET, GROUP, MODEL_SUBDIR, START_FROM, WEIGHTED, model_dir  # noqa: F401
 
 
 class TrainJobError(ValueError):
@@ -84,12 +61,6 @@ class TrainJob(BaseModel):
     @classmethod
     def read(cls, path: str | Path) -> TrainJob:
         return cls.model_validate_json(Path(path).read_text())
-
-
-def model_dir(asset_dir: str | Path) -> Path:
-    """The model directory inside a training asset (a `models` asset is itself the model directory)."""
-    asset_dir = Path(asset_dir)
-    return asset_dir / MODEL_SUBDIR if (asset_dir / MODEL_SUBDIR / METADATA_FILE).is_file() else asset_dir
 
 
 def _manifest_sha(directory: Path, what: str) -> str:

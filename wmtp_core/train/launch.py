@@ -30,6 +30,8 @@ from wmtp_core.train import worker
 WORKER_MODULE = worker.__name__
 FAILURE_FILE = "failure.txt"
 LOG_FILE = "torchrun.log"
+JOB_FILE = "job.json"
+STAGING = "output"  # `wmtp launch`: where rank 0 writes the model, inside the launch directory
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
@@ -78,11 +80,37 @@ def torchrun_command(job_file: str | Path, rdzv: Rendezvous, python: str = sys.e
     return [python, "-m", "torch.distributed.run", *rdzv.args(), "-m", WORKER_MODULE, str(job_file)]
 
 
+def launch_dir(checkpoint_dir: str | Path) -> Path:
+    """Where a job's file, torchrun's logs and `wmtp launch`'s staged output live: beside its checkpoints."""
+    checkpoint_dir = Path(checkpoint_dir)
+    return checkpoint_dir.with_name(checkpoint_dir.name + ".launch")
+
+
 def write_job(job) -> Path:
     """job.json in the job's launch directory (beside its checkpoints, outside the asset being written)."""
-    work = Path(job.checkpoint_dir).with_name(Path(job.checkpoint_dir).name + ".launch")
+    work = launch_dir(job.checkpoint_dir)
     work.mkdir(parents=True, exist_ok=True)
-    return job.write(work / "job.json")
+    return job.write(work / JOB_FILE)
+
+
+def claim_output(staging: str | Path, result_file: str) -> Path | None:
+    """After torchrun succeeded on this node: move the finished output in `staging` aside for this node's
+    agent to publish, or None when another node's agent took it first (a rename is atomic on a shared file
+    system).
+
+    Every rank passes a barrier after rank 0 wrote its files, so any agent whose torchrun exited 0 finds them.
+    """
+    staging = Path(staging)
+    if not staging.exists():
+        return None
+    if not (staging / result_file).is_file():
+        raise TrainingFailed(f"torchrun exited 0, but {staging} holds no {result_file}: no model was written")
+    claimed = staging.with_name(f"{staging.name}.{socket.gethostname()}-{os.getpid()}")
+    try:
+        os.rename(staging, claimed)
+    except FileNotFoundError:
+        return None
+    return claimed
 
 
 def _blocks(log: str) -> list[dict[str, str]]:

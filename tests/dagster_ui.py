@@ -1,0 +1,158 @@
+"""`wmtp ui` (dagster dev) for tests: start it on a project, query its GraphQL API, look at it in headless
+Chromium, and stop it leaving no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import free_port
+
+
+def _descendant_pids(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Ui:
+    port: int
+    proc: subprocess.Popen
+    leftover: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def graphql(self, query: str, timeout: float = 30) -> dict:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())["data"]
+
+
+@contextmanager
+def running_ui(wmtp: Path, cwd: Path, env: dict[str, str], startup_s: float = 300) -> Iterator[Ui]:
+    """`wmtp ui` on `cwd`'s project, once its GraphQL API answers with the code location loaded.
+
+    Started with SIGINT ignored: `wmtp ui` restores it itself (dagster dev copies SIGINT's disposition onto
+    SIGTERM). On exit it is stopped with SIGTERM; processes it left behind are killed and listed in
+    `Ui.leftover`, for the caller to assert on.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(wmtp), "ui", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    ui = Ui(port, proc)
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            started |= _descendant_pids(proc.pid)
+            try:
+                if ui.graphql("{ assetNodes { id } }")["assetNodes"]:
+                    break
+            except (OSError, KeyError, TypeError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"dagster dev did not answer on port {port} (exit code {proc.poll()})")
+            time.sleep(2)
+        yield ui
+    finally:
+        started |= _descendant_pids(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in started):
+            time.sleep(0.5)
+        ui.leftover = [p for p in started if _alive(p)]
+        for pid in ui.leftover:
+            os.kill(pid, signal.SIGKILL)
+
+
+def chromium() -> str:
+    """Debian's chromium (`make test` installs it when missing)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        raise AssertionError("chromium is not installed: `make test` installs Debian's package (apt-get install chromium)")
+    return found
+
+
+def screenshot_asset_graph(ui: Ui, names: Sequence[str], out: Path, timeout_s: float = 120) -> set[str]:
+    """Open the global asset graph, dismiss the first-visit dialog, wait until every name in `names` is rendered,
+    and save a screenshot to `out`. Returns the names that were rendered."""
+    from playwright.sync_api import sync_playwright
+
+    wanted = set(names)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 2400, "height": 1500})
+            page.goto(f"{ui.url}/asset-groups", wait_until="domcontentloaded")
+            deadline = time.monotonic() + timeout_s
+            rendered: set[str] = set()
+            expanded = False
+            while time.monotonic() < deadline:
+                skip = page.get_by_role("button", name="Skip")
+                if skip.count():  # "Join the Dagster community" on a first visit
+                    skip.first.click()
+                # Groups start collapsed: "Expand all groups" from the graph's context menu, once it is drawn.
+                if not expanded and page.get_by_text("Materialize all").count():
+                    page.mouse.click(page.viewport_size["width"] // 2, 200, button="right")
+                    item = page.get_by_text("Expand all groups")
+                    if item.count():
+                        item.first.click()
+                        expanded = True
+                words = set(re.findall(r"[A-Za-z0-9_]+", page.inner_text("body")))
+                rendered = wanted & words
+                if rendered == wanted:
+                    break
+                page.wait_for_timeout(1000)
+            page.wait_for_timeout(1500)  # let the layout settle before the picture
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+            return rendered
+        finally:
+            browser.close()
