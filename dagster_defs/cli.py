@@ -182,8 +182,8 @@ def demo(verbose: bool) -> None:
 
     defs = _validated_defs()
     _run(defs, None, log_level="INFO" if verbose else "WARNING")
-    click.echo(record_in_dvc(project_root()))
     storage = Path(defs.resources["storage"].root)
+    click.echo(record_in_dvc(project_root(), storage))
     click.echo(f"\nresults under {storage}:")
     graph = defs.resolve_asset_graph()
     for key in sorted(

@@ -51,11 +51,13 @@ def dvc_executable() -> str | None:
     return str(beside) if beside.exists() else shutil.which("dvc")
 
 
-def record_in_dvc(root: Path) -> str:
+def record_in_dvc(root: Path, storage: Path) -> str:
     """`dvc commit` of every stage in `root`'s dvc.yaml; returns what happened, in one line."""
     dvc = dvc_executable()
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         return f"{root} is not a DVC project (no .dvc/ or dvc.yaml): no dvc.lock written"
+    if storage.resolve() != (root / "storage").resolve():
+        return f"storage {storage} is not the DVC project's {root / 'storage'}: no dvc.lock written"
     if dvc is None:
         return "dvc is not installed (`make setup` installs it): no dvc.lock written"
     done = subprocess.run([dvc, "commit", "--force", "--quiet"], cwd=root, capture_output=True, text=True)

@@ -120,9 +120,29 @@ def chromium() -> str:
     return found
 
 
-def screenshot_asset_graph(ui: Ui, names: Sequence[str], out: Path, timeout_s: float = 120) -> set[str]:
-    """Open the global asset graph, dismiss the first-visit dialog, wait until every name in `names` is rendered,
-    and save a screenshot to `out`. Returns the names that were rendered."""
+def _graph_menu(page, item: str) -> None:
+    """An entry of the asset graph's context menu (right click on the canvas)."""
+    page.mouse.click(page.viewport_size["width"] // 2, 200, button="right")
+    page.get_by_role("menuitem", name=re.compile(item)).first.click()
+    page.wait_for_timeout(1000)
+
+
+def _expand_sidebar_group(page, group: str) -> None:
+    """Open a group in the sidebar's asset tree (its caret sits left of the group's button)."""
+    for button in page.locator("button").all():
+        box = button.bounding_box()
+        if box and box["x"] < 600 and button.inner_text().strip().split("\n")[0] == group:
+            page.mouse.click(box["x"] - 12, box["y"] + box["height"] / 2)
+            page.wait_for_timeout(500)
+            return
+    raise AssertionError(f"group {group!r} is not in the asset graph's sidebar")
+
+
+def screenshot_asset_graph(ui: Ui, names: Sequence[str], groups: Sequence[str], out: Path,
+                           timeout_s: float = 180) -> set[str]:  # fmt: skip
+    """Open the global asset graph, dismiss the first-visit dialog, lay the graph out top-down with every group
+    expanded (the sidebar lists each asset's full name; long names are shortened in the graph's nodes), save a
+    screenshot to `out`, and return the names of `names` the page renders."""
     from playwright.sync_api import sync_playwright
 
     wanted = set(names)
@@ -131,26 +151,18 @@ def screenshot_asset_graph(ui: Ui, names: Sequence[str], out: Path, timeout_s: f
         try:
             page = browser.new_page(viewport={"width": 2400, "height": 1500})
             page.goto(f"{ui.url}/asset-groups", wait_until="domcontentloaded")
-            deadline = time.monotonic() + timeout_s
-            rendered: set[str] = set()
-            expanded = False
-            while time.monotonic() < deadline:
-                skip = page.get_by_role("button", name="Skip")
-                if skip.count():  # "Join the Dagster community" on a first visit
-                    skip.first.click()
-                # Groups start collapsed: "Expand all groups" from the graph's context menu, once it is drawn.
-                if not expanded and page.get_by_text("Materialize all").count():
-                    page.mouse.click(page.viewport_size["width"] // 2, 200, button="right")
-                    item = page.get_by_text("Expand all groups")
-                    if item.count():
-                        item.first.click()
-                        expanded = True
-                words = set(re.findall(r"[A-Za-z0-9_]+", page.inner_text("body")))
-                rendered = wanted & words
-                if rendered == wanted:
-                    break
-                page.wait_for_timeout(1000)
-            page.wait_for_timeout(1500)  # let the layout settle before the picture
+            page.get_by_text("Materialize all").first.wait_for(timeout=timeout_s * 1000)
+            page.wait_for_timeout(3000)
+            skip = page.get_by_role("button", name="Skip")
+            if skip.count():  # "Join the Dagster community" on a first visit
+                skip.first.click()
+            _graph_menu(page, "Change graph to vertical orientation")
+            _graph_menu(page, "Expand all groups")
+            for group in reversed(sorted(groups)):  # bottom up: opening one moves the rows below it
+                _expand_sidebar_group(page, group)
+            page.get_by_role("img", name="zoom_out").locator("..").click()  # the whole graph in view
+            page.wait_for_timeout(2000)
+            rendered = wanted & set(re.findall(r"[A-Za-z0-9_]+", page.inner_text("body")))
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
             return rendered

@@ -27,6 +27,10 @@ def plot_pass_at_k(summary: dict[str, Any], out_file: Path, dpi: int) -> Path:
         ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(ks))], [f"pass@{k}" for k in ks])
         ax.set_ylim(0, 1)
         ax.set_title(task)
+        if not any(v for m in models for v in summary["pass_at_k"][m].get(task, {}).values()):
+            # zero-height bars draw nothing: say so rather than show empty axes
+            ax.text(0.5, 0.5, "no task solved:\nevery pass@k is 0", transform=ax.transAxes, ha="center",
+                    va="center", color="grey")  # fmt: skip
     axes[0][0].set_ylabel("fraction of tasks solved")
     axes[0][-1].legend(fontsize="small")
     fig.tight_layout()
