@@ -120,6 +120,14 @@ def chromium() -> str:
     return found
 
 
+def _dismiss_community_dialog(page) -> None:
+    """"Join the Dagster community" opens on a first visit; its Skip closes it."""
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.first.click()
+        page.wait_for_timeout(1000)
+
+
 def _graph_menu(page, item: str) -> None:
     """An entry of the asset graph's context menu (right click on the canvas)."""
     page.mouse.click(page.viewport_size["width"] // 2, 200, button="right")
@@ -153,15 +161,14 @@ def screenshot_asset_graph(ui: Ui, names: Sequence[str], groups: Sequence[str], 
             page.goto(f"{ui.url}/asset-groups", wait_until="domcontentloaded")
             page.get_by_text("Materialize all").first.wait_for(timeout=timeout_s * 1000)
             page.wait_for_timeout(3000)
-            skip = page.get_by_role("button", name="Skip")
-            if skip.count():  # "Join the Dagster community" on a first visit
-                skip.first.click()
+            _dismiss_community_dialog(page)
             _graph_menu(page, "Change graph to vertical orientation")
             _graph_menu(page, "Expand all groups")
             for group in reversed(sorted(groups)):  # bottom up: opening one moves the rows below it
                 _expand_sidebar_group(page, group)
             page.get_by_role("img", name="zoom_out").locator("..").click()  # the whole graph in view
             page.wait_for_timeout(2000)
+            _dismiss_community_dialog(page)  # it may open a few seconds after the page
             rendered = wanted & set(re.findall(r"[A-Za-z0-9_]+", page.inner_text("body")))
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
