@@ -125,7 +125,10 @@ def speedup_caveats(summary: dict[str, Any]) -> list[str]:
     if n < MIN_REPEATS:
         reasons.append(f"{n} timed repeat(s), fewer than {MIN_REPEATS}: no spread to judge the ratio by")
     elif lo <= 1.0 <= hi:
-        reasons.append(f"per-repeat speed-ups range from {lo:.2f}x to {hi:.2f}x over {n} repeats, across 1")
+        reasons.append(
+            f"per-repeat speed-ups range from {lo:.2f}x to {hi:.2f}x over {n} repeats, a range that includes 1x "
+            "(no difference)"
+        )
     return reasons
 
 
