@@ -21,7 +21,7 @@ from wmtp_core.storage import publish, read_manifest, verify
 from wmtp_core.train.layout import ASSET
 from wmtp_core.train.layout import GROUP as TRAINING_GROUP
 from wmtp_core.train.layout import model_dir as trained_model_dir
-from wmtp_core.train.tracking import Tracker, sanitize_name
+from wmtp_core.train.tracking import Tracker, flatten, sanitize_name
 
 GROUP = "evaluation"
 POLICIES = [ASSET[r] for r in ("baseline", "verifiable", "rho1", "random_matched", "shuffled")]
@@ -171,13 +171,10 @@ def experiment_report(
     return materialized(meta)
 
 
-def _flat_report_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
-    """metrics.json's numbers as MLflow metric names (model/task/metric)."""
-    flat: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sanitize_name(str(key))}"
-        if isinstance(value, dict):
-            flat.update(_flat_report_metrics(value, name + "/"))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
+def _flat_report_metrics(tree: dict) -> dict[str, float]:
+    """metrics.json's numbers as MLflow metric names (model/task/metric; the Tracker sanitizes them)."""
+    return {
+        name: float(value)
+        for name, value in flatten(tree, sep="/").items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }

@@ -32,6 +32,7 @@ class StatSums:
         self.hist_meta: dict[str, tuple[list[float], str]] = {}
         self.hist_local: dict[str, Tensor] = {}
         self.hist_totals: dict[str, list[float]] = {}
+        self._edges: dict[tuple[str, torch.device], Tensor] = {}
 
     def _put(self, name: str, kind: str, parts: list[Tensor]) -> None:
         self.kind[name] = kind
@@ -68,7 +69,9 @@ class StatSums:
         """Count the masked values of `x` into fixed bins (values outside `edges` go to the end bins)."""
         if name not in self.hist_meta:
             self.hist_meta[name] = (list(map(float, edges)), label)
-        e = torch.tensor(self.hist_meta[name][0], device=x.device)
+        if (name, x.device) not in self._edges:  # built once per histogram, not on every micro-batch
+            self._edges[name, x.device] = torch.tensor(self.hist_meta[name][0], device=x.device)
+        e = self._edges[name, x.device]
         sel = x.detach().float()[mask].clamp(e[0], e[-1])
         counts = torch.bincount(torch.bucketize(sel, e[1:-1], right=True), minlength=len(e) - 1).double()
         self.hist_local[name] = self.hist_local[name] + counts if name in self.hist_local else counts
