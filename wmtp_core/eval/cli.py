@@ -8,7 +8,11 @@ from pathlib import Path
 import click
 import polars as pl
 
-from wmtp_core.eval.evaluate import SPECULATIVE_SCHEMA, evaluate_command  # sample a model, then judge
+from wmtp_core.eval.evaluate import (  # sample a model, then judge
+    GREEDY_SCHEMA,
+    SPECULATIVE_SCHEMA,
+    evaluate_command,
+)
 from wmtp_core.eval.judge import judge_completions, read_completions
 from wmtp_core.eval.report import report_command  # side-by-side pass@k table and plots
 from wmtp_core.eval.results import GENERATION_KEYS, write_evaluation
@@ -80,6 +84,7 @@ def evaluate_completions(task_set, completions_jsonl, out_dir, k, workers, timeo
         "per_task": judgement.per_task,
         "pass_at_k": judgement.curve,
         "speculative": pl.DataFrame(schema=SPECULATIVE_SCHEMA),
+        "greedy": pl.DataFrame(schema=GREEDY_SCHEMA),
     }
     write_evaluation(out_dir, metrics, tables, params=params)
     click.echo(json.dumps(metrics))

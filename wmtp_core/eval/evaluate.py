@@ -7,7 +7,8 @@ Output directory (written atomically, with MANIFEST.json; the format of `wmtp_co
   per_task.parquet   task_id, n, c, pass@k for each k
   pass_at_k.parquet  mean pass@k for every k up to n_samples
   speculative.parquet  per prompt: greedy vs self-speculative tokens, passes, seconds (medians over the timed
-                     repeats), identical
+                     repeats), identical, the greedy completion
+  greedy.parquet     with `greedy`: one greedy completion per task, judged (greedy pass@1)
   metrics.json       what the report and DVC read (see `evaluate_model`)
 """
 
@@ -39,15 +40,27 @@ SPECULATIVE_SCHEMA = {
     "greedy_seconds": pl.Float64,
     "speculative_seconds": pl.Float64,
     "identical": pl.Boolean,
+    "completion": pl.String,
+}
+GREEDY_SCHEMA = {
+    "task_id": pl.String,
+    "completion": pl.String,
+    "status": pl.String,
+    "passed": pl.Boolean,
+    "finish_reason": pl.String,
+    "n_tokens": pl.Int64,
 }
 
 
 def encode_prompt(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[int], bool]:
     """BOS + prompt, cut from the left (BOS kept) if prompt and completion would not fit the model's context.
 
+    The prompt is right-stripped first: a byte-level BPE trained on code merges a newline with the indentation
+    after it, so a prompt ending in a lone newline token is text the model has rarely seen and derails it. The
+    completion then starts with that whitespace, and prompt + completion is the same program up to blank space.
     Returns (ids, truncated). Only a long few-shot prefix is ever lost this way; the caller counts truncations.
     """
-    ids = tokenizer.encode(prompt, bos=True)
+    ids = tokenizer.encode(prompt.rstrip(), bos=True)
     budget = model.args.max_seq_len - max_new_tokens
     if budget < 2:
         raise ValueError(
@@ -95,6 +108,49 @@ def measure_speculative(
     return summary, table
 
 
+def greedy_pass_at_1(
+    model,
+    tokenizer,
+    task_set: TaskSet,
+    prompts: list[list[int]],
+    params: EvaluationParams,
+    *,
+    sandbox=None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """One greedy completion per task (KV cache; prompts of one length share a batch), judged in the sandbox.
+
+    Returns the `greedy` block of the metrics (pass_at_1, passed, n_tasks, tokens_generated, generation_seconds,
+    finish_reasons) and one row per task."""
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=params.max_new_tokens, stop=next(iter(task_set)).stop)
+    started = time.perf_counter()
+    completions = generate_ids(
+        model, tokenizer, prompts, sampling, batch_size=params.batch_size, progress=progress,
+        desc=f"greedy {task_set.name}",
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    rows = [
+        {"task_id": t.task_id, "sample": 0, "completion": c[0].text, "finish_reason": c[0].finish_reason,
+         "n_tokens": len(c[0].tokens)}
+        for t, c in zip(task_set, completions, strict=True)
+    ]  # fmt: skip
+    judged = judge_completions(
+        task_set, rows, ks=[1], workers=params.workers, timeout_s=params.timeout, sandbox=sandbox, progress=progress
+    )
+    extra = pl.DataFrame(rows).select("task_id", "finish_reason", "n_tokens")
+    table = judged.samples.join(extra, on="task_id", how="left", validate="1:1").select(list(GREEDY_SCHEMA))
+    reasons = table.group_by("finish_reason").len()
+    summary = {
+        "pass_at_1": judged.metrics["pass_at_k"]["1"],
+        "passed": int(table["passed"].sum()),
+        "n_tasks": table.height,
+        "tokens_generated": int(table["n_tokens"].sum()),
+        "generation_seconds": seconds,
+        "finish_reasons": dict(zip(reasons["finish_reason"], reasons["len"], strict=True)),
+    }
+    return summary, table
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -108,9 +164,9 @@ def evaluate_model(
     """Sample `params.n_samples` completions per task, judge them, measure speculative decoding.
 
     Returns (metrics, tables). metrics holds model, task, n_tasks, n_tasks_available, limit, the sampling
-    settings, pass_at_k {"k": score}, outcomes, finish_reasons, generation time, isolation and speculative
+    settings, pass_at_k {"k": score}, outcomes, finish_reasons, generation time, isolation, speculative
     (None for a one-head model or speculative_prompts 0; its `speedup` is None when
-    `speedup_not_meaningful` gives a reason).
+    `speedup_not_meaningful` gives a reason) and greedy (None unless `params.greedy`; see `greedy_pass_at_1`).
     """
     if task_set.limit is not None:
         print(
@@ -167,6 +223,12 @@ def evaluate_model(
     generated = pl.DataFrame(rows).select("task_id", "sample", "finish_reason", "n_tokens")
     samples = judgement.samples.join(generated, on=["task_id", "sample"], how="left", validate="1:1")
 
+    greedy, greedy_table = None, pl.DataFrame(schema=GREEDY_SCHEMA)
+    if params.greedy:
+        greedy, greedy_table = greedy_pass_at_1(
+            model, tokenizer, task_set, [ids for ids, _ in encoded], params, sandbox=sandbox, progress=progress
+        )
+
     speculative, spec_table = None, pl.DataFrame(schema=SPECULATIVE_SCHEMA)
     if model.n_future > 1 and params.speculative_prompts > 0:
         speculative, spec_table = measure_speculative(
@@ -193,12 +255,14 @@ def evaluate_model(
         "tokens_generated": int(samples["n_tokens"].sum()),
         "generation_seconds": generation_seconds,
         "speculative": speculative,
+        "greedy": greedy,
     }
     tables = {
         "samples": samples,
         "per_task": judgement.per_task,
         "pass_at_k": judgement.curve,
         "speculative": spec_table,
+        "greedy": greedy_table,
     }
     return metrics, tables
 
@@ -292,6 +356,12 @@ _DEFAULTS = EvaluationParams()
 )
 @click.option(
     "--speculative-max-new-tokens", type=int, default=_DEFAULTS.speculative_max_new_tokens, show_default=True
+)
+@click.option(
+    "--greedy/--no-greedy",
+    default=_DEFAULTS.greedy,
+    show_default=True,
+    help="Also decode every task once greedily and report greedy pass@1.",
 )
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 def evaluate_command(model_dir, tokenizer_file, task, out_dir, task_source, ks, device, **options):

@@ -28,6 +28,10 @@ class EvaluationParams(Section):
         8, ge=0, description="prompts decoded greedily and self-speculatively to measure acceptance; 0 = skip"
     )
     speculative_max_new_tokens: int = Field(128, ge=1)
+    greedy: bool = Field(
+        False,
+        description="also decode every task once greedily and judge it: greedy pass@1 beside the sampled pass@k",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvaluationParams:

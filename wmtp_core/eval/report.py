@@ -80,6 +80,10 @@ def summarize(
         model: {task: _judged(by[model, task].get("speculative")) for task in tasks if (model, task) in by}
         for model in models
     }
+    greedy = {
+        model: {task: by[model, task]["greedy"]["pass_at_1"] for task in tasks if by.get((model, task), {}).get("greedy")}
+        for model in models
+    }
     coverage = {
         model: {
             task: {k: by[model, task][k] for k in ("n_tasks", "n_tasks_available", "limit", "n_samples")}
@@ -108,6 +112,7 @@ def summarize(
         "baseline": baseline,
         "delta_vs_baseline": delta_vs_baseline,
         "speculative": speculative,
+        "greedy_pass_at_1": {model: scores for model, scores in greedy.items() if scores},
         "coverage": coverage,
         "limited": any(m["limit"] is not None for m in evaluations),
     }

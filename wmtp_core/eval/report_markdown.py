@@ -98,7 +98,13 @@ def _md_pass_at_k(summary: dict[str, Any]) -> list[str]:
         ]
     elif baseline not in models:
         lines += [f"`{baseline}` (the baseline) was not evaluated, so no changes against it are shown.", ""]
-    return lines + _table(["model"] + [f"{task} pass@{k}" for task in tasks for k in ks], rows)
+    greedy = summary.get("greedy_pass_at_1") or {}
+    if greedy:
+        for model, cells in zip(models, rows, strict=True):
+            cells += [_fmt(greedy.get(model, {}).get(task)) for task in tasks]
+        lines += ["Greedy pass@1: one greedy completion per task, beside the sampled pass@k.", ""]
+    header = [f"{task} pass@{k}" for task in tasks for k in ks] + [f"{task} greedy pass@1" for task in tasks if greedy]
+    return lines + _table(["model", *header], rows)
 
 
 def _md_completion_length(summary: dict[str, Any]) -> list[str]:

@@ -6,6 +6,8 @@ the experiment report reads.
   per_task.parquet     task_id, n, c, pass@k for each k
   pass_at_k.parquet    mean pass@k for every k up to the samples per task
   speculative.parquet  per prompt: greedy vs self-speculative decoding (no rows when not measured)
+  greedy.parquet       one greedy completion per task, judged: task_id, completion, status, passed,
+                       finish_reason, n_tokens (no rows unless `evaluation.greedy`)
   metrics.json         the keys of METRICS_KEYS
   MANIFEST.json
 """
@@ -21,7 +23,7 @@ import polars as pl
 from wmtp_core.storage import publish
 
 METRICS_FILE = "metrics.json"
-TABLES = ("samples", "per_task", "pass_at_k", "speculative")
+TABLES = ("samples", "per_task", "pass_at_k", "speculative", "greedy")
 # Judging the completions (`Judgement.metrics`): n_samples is the samples per task (the fewest, when tasks differ).
 JUDGING_KEYS = (
     "task", "split", "n_tasks", "n_tasks_available", "limit", "n_samples", "n_completions", "pass_at_k",
@@ -30,7 +32,7 @@ JUDGING_KEYS = (
 # Sampling them from a model; None when the completions came from a file.
 GENERATION_KEYS = (
     "model_dir", "temperature", "top_p", "max_new_tokens", "seed", "finish_reasons", "prompts_truncated",
-    "tokens_generated", "generation_seconds", "speculative",
+    "tokens_generated", "generation_seconds", "speculative", "greedy",
 )  # fmt: skip
 METRICS_KEYS = ("model", "completions", *JUDGING_KEYS, *GENERATION_KEYS)
 REQUIRED_KEYS = ("model", "task", "n_tasks", "n_tasks_available", "limit", "n_samples", "pass_at_k")

@@ -150,7 +150,7 @@ def compare_with_greedy(
     Returns the summary (an evaluation's `speculative` block: token and acceptance counts of one round, medians
     and spread of the timings, `speedup` = the median ratio or None with `speedup_not_meaningful` saying why) and
     one row per prompt: tokens, forward_passes, greedy_seconds and speculative_seconds (medians over the timed
-    rounds), identical.
+    rounds), identical, completion (the greedy text).
     """
     stops = [()] * len(prompts) if stops is None else stops
     if len(stops) != len(prompts):
@@ -217,7 +217,10 @@ def compare_with_greedy(
             "greedy_seconds": g,
             "speculative_seconds": sp,
             "identical": same,
+            "completion": plain.text,
         }
-        for (_, s), g, sp, same in zip(timing.outputs_b, greedy_items, spec_items, identical, strict=True)
+        for plain, (_, s), g, sp, same in zip(
+            timing.outputs_a, timing.outputs_b, greedy_items, spec_items, identical, strict=True
+        )
     ]
     return summary, rows

@@ -53,6 +53,7 @@ from wmtp_core.train.recipes import (
     Denominators,
     StepContext,
     final_positions,
+    freeze,
     recipe_step,
 )
 from wmtp_core.train.reporting import Reporter
@@ -149,8 +150,7 @@ class Trainer:
                 value_head.init_weights(torch.Generator().manual_seed(cfg["seed"]))
             if job.recipe in WEIGHTED and cfg.get("value_clip") is not None:
                 self.anchor = copy.deepcopy(value_head).requires_grad_(False).to(self.device)
-        if job.recipe == "critic" and cfg.get("freeze_trunk", True):
-            policy.requires_grad_(False)
+        freeze(policy, job.recipe, cfg)
         self.args = policy.args
         trainable = Trainable(policy, value_head).to(self.device)
         if self.sharded:

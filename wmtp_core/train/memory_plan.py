@@ -44,7 +44,7 @@ from wmtp_core.model.transformer import Transformer
 from wmtp_core.model.value_head import ValueHead
 from wmtp_core.train.distributed import Trainable
 from wmtp_core.train.params import RECIPES
-from wmtp_core.train.recipes import CE_RECIPES, VALUE_RECIPES
+from wmtp_core.train.recipes import CE_RECIPES, VALUE_RECIPES, freeze
 
 GIB = 2**30
 LLAMA2_VOCAB = 32000  # the vocabulary of the Llama-2 tokenizer the preset names (Meta's params.json says -1)
@@ -165,9 +165,8 @@ def plan_recipe(recipe: str, params: Params, world_size: int, reserve_bytes: int
     cfg = params.train.recipe(recipe)
     args, source = reference_args(params) if recipe == "reference" else policy_args(params)
     trainable = meta_trainable(args, value_head=recipe in VALUE_RECIPES)
-    frozen_trunk = recipe == "critic" and getattr(cfg, "freeze_trunk", True)
-    if frozen_trunk:
-        trainable.policy.requires_grad_(False)
+    freeze(trainable.policy, recipe, cfg.model_dump())
+    frozen_trunk = not any(p.requires_grad for p in trainable.policy.layers[:-1].parameters())
     groups = fsdp_groups(trainable)
     compute = 4 if cfg.mixed_precision == "float32" else 2  # auto means bf16 on the GPUs planned for
 
@@ -217,12 +216,12 @@ def activation_bytes(args: ModelArgs, batch_size: int, max_tokens: int, compute_
     tokens = batch_size * max_tokens
     block = ACTIVATION_BYTES_PER_TOKEN_DIM * tokens * args.dim * compute_bytes // 2
     hidden = tokens * args.dim
-    if frozen_trunk:  # no graph through the trunk: one block's working set at a time, and h_trunk
-        return block + hidden * compute_bytes
+    head_pass = block + tokens * args.vocab_size * LOGIT_BYTES[compute_bytes] if heads else 0
+    if frozen_trunk:  # no graph through the trunk: one block's working set at a time, h_trunk, one head pass
+        return block + hidden * compute_bytes + head_pass
     n_trunk = args.n_trunk_layers
     saved = n_trunk * hidden * compute_bytes + block if checkpointing else n_trunk * block
     h_trunk = hidden * (compute_bytes + 4)  # the detached trunk output and the fp32 gradient gathered at it
-    head_pass = block + tokens * args.vocab_size * LOGIT_BYTES[compute_bytes] if heads else 0
     return saved + h_trunk + head_pass
 
 

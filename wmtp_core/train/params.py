@@ -38,6 +38,12 @@ class TrainDefaults(Section):
     keep_checkpoints: int = Field(2, ge=1)
     max_tokens: int = Field(2048, ge=8, description="longest row (BOS + prompt + response + EOS) a batch may hold")
     activation_checkpointing: bool = False
+    trainable: Literal["all", "heads"] = Field(
+        "all",
+        description="all: every policy weight; heads: the head blocks (head 1 and the extra heads) and the value "
+        "head, with the trunk, embeddings, final norm and unembedding frozen (a pretrained model on a few CPU "
+        "cores: the trunk runs without gradients)",
+    )
     mixed_precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bf16 parameters and autocast with fp32 gradient reduction on CUDA, fp32 on CPU"
     )

@@ -70,6 +70,17 @@ class Denominators:
         return Denominators(heads=v[:n_heads], response=v[n_heads], pairs=v[n_heads + 1])
 
 
+def freeze(policy: nn.Module, recipe: str, cfg: dict) -> None:
+    """Switch off the gradients of what `recipe` does not train: the whole policy for a critic with freeze_trunk
+    (only the value head learns), the trunk, embeddings, final norm and unembedding with `trainable: heads`."""
+    if recipe == "critic" and cfg.get("freeze_trunk", True):
+        policy.requires_grad_(False)
+    elif cfg.get("trainable", "all") == "heads":
+        policy.requires_grad_(False)
+        policy.layers[-1].requires_grad_(True)
+        policy.extra_heads.requires_grad_(True)
+
+
 def correct_incorrect_pairs(problem_ids: Tensor, reward: Tensor) -> Tensor:
     """[P, 2] row indices (correct, incorrect) of every pair of rows of one problem in a batch."""
     same = problem_ids[:, None] == problem_ids[None, :]
