@@ -18,6 +18,7 @@ from dagster_defs.resources import LauncherResource, MlflowResource, ParamsResou
 from wmtp_core.eval.evaluate import evaluate
 from wmtp_core.eval.report import METRICS_FILE, ui_tables, write_report
 from wmtp_core.storage import publish, read_manifest, verify
+from wmtp_core.tokenizer import tokenizer_file
 from wmtp_core.train.layout import ASSET
 from wmtp_core.train.layout import GROUP as TRAINING_GROUP
 from wmtp_core.train.layout import model_dir as trained_model_dir
@@ -96,7 +97,7 @@ def evaluation_asset(model_group: str, model: str, task: str) -> dg.AssetsDefini
         out = storage.asset_dir(GROUP, name)
         metrics = evaluate(
             model_dir,
-            tokenizer_dir / "tokenizer.model",
+            tokenizer_file(tokenizer_dir),
             task,
             out,
             p,

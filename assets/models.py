@@ -15,12 +15,13 @@ from assets.sources import tokenizer
 from dagster_defs.resources import ParamsResource, StorageResource
 from wmtp_core import model as wm
 from wmtp_core.model.convert import convert_meta, import_hf
+from wmtp_core.model.gguf import import_gguf
 from wmtp_core.storage import publish, verify
 from wmtp_core.tokenizer import Tokenizer
 
 GROUP = "models"
 # Converters record a dict naming the source format; params.yaml names it shortly.
-_SOURCE_KIND = {"meta-consolidated": "meta", "hf-llama": "hf"}
+_SOURCE_KIND = {"meta-consolidated": "meta", "hf-llama": "hf", "gguf": "gguf"}
 
 
 def _stored_tokenizer(storage: StorageResource) -> Tokenizer:
@@ -102,13 +103,24 @@ def _write_model(storage: StorageResource, name: str, kind: str, p, convert) -> 
 @dg.asset(
     group_name=GROUP,
     deps=[tokenizer],
-    description="The multi-token policy fine-tuning starts from: the micro policy, or Meta's weights converted.",
+    description="The multi-token policy fine-tuning starts from: the micro policy, Meta's weights converted, or a "
+    "GGUF Llama imported with extra heads.",
 )
 def base_model(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().base_model
 
-    def convert(tmp: Path, tok) -> None:  # Meta's consolidated.pth + params.json
-        convert_meta(p.meta_dir, tmp, dtype=p.dtype, name="base_model", tokenizer=tok.path)
+    def convert(tmp: Path, tok) -> None:
+        if p.source == "gguf":  # a GGUF Llama, heads 2..n_future added as copies of its last block
+            import_gguf(
+                p.gguf_file,
+                tmp,
+                n_future=p.n_future,
+                dtype=p.dtype,
+                name="base_model",
+                tokenizer_sha256=tok.sha256,
+            )
+        else:  # Meta's consolidated.pth + params.json
+            convert_meta(p.meta_dir, tmp, dtype=p.dtype, name="base_model", tokenizer=tok.path)
 
     return _write_model(storage, "base_model", "policy", p, convert)
 
@@ -126,13 +138,24 @@ def base_model_consistent(storage: StorageResource, params: ParamsResource) -> d
 @dg.asset(
     group_name=GROUP,
     deps=[tokenizer],
-    description="The next-token reference model of Rho-1: the micro reference, or a Hugging Face Llama imported.",
+    description="The next-token reference model of Rho-1: the micro reference, or a Hugging Face or GGUF Llama "
+    "imported.",
 )
 def reference_model(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().reference_model
 
-    def convert(tmp: Path, tok) -> None:  # a Hugging Face Llama directory
-        import_hf(p.hf_dir, tmp, dtype=p.dtype, name="reference_model", tokenizer=tok.path)
+    def convert(tmp: Path, tok) -> None:
+        if p.source == "gguf":  # a GGUF Llama, its one next-token head
+            import_gguf(
+                p.gguf_file,
+                tmp,
+                n_future=1,
+                dtype=p.dtype,
+                name="reference_model",
+                tokenizer_sha256=tok.sha256,
+            )
+        else:  # a Hugging Face Llama directory
+            import_hf(p.hf_dir, tmp, dtype=p.dtype, name="reference_model", tokenizer=tok.path)
 
     return _write_model(storage, "reference_model", "reference", p, convert)
 

@@ -23,7 +23,7 @@ from wmtp_core.data.codecontests import (
 from wmtp_core.data.codecontests_schema import DIFFICULTIES, SCHEMA
 from wmtp_core.data.labels import check_labels
 from wmtp_core.storage import publish, read_manifest, verify
-from wmtp_core.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+from wmtp_core.tokenizer import SENTENCEPIECE, TOKENIZER_FILES, Tokenizer, TokenizerError, train_tokenizer
 
 GROUP = "sources"
 
@@ -135,7 +135,11 @@ def codecontests_schema_matches(storage: StorageResource) -> dg.AssetCheckResult
 @dg.asset(
     group_name=GROUP,
     deps=[codecontests_raw],
-    description="SentencePiece model: a given file checked by SHA256, or one trained on the raw rows' text.",
+    description=(
+        "The tokenizer: a given SentencePiece .model, GGUF file (its byte-level BPE, stored as a canonical "
+        "tokenizer.json) or such tokenizer.json, checked by SHA256; or a SentencePiece model trained on the raw "
+        "rows' text."
+    ),
 )
 def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.MaterializeResult:
     p = params.load().tokenizer
@@ -144,7 +148,7 @@ def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.Materializ
         given = Tokenizer(p.path, expected_sha256=p.sha256)  # fails naming the file before storage is touched
 
         def write(tmp: Path) -> dict:
-            shutil.copyfile(given.path, tmp / "tokenizer.model")
+            given.save(tmp)
             return {"vocab_size": given.vocab_size}
     else:
         raw = storage.asset_dir(GROUP, "codecontests_raw")
@@ -152,7 +156,7 @@ def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.Materializ
         texts = tokenizer_corpus(raw)
 
         def write(tmp: Path) -> dict:
-            train_tokenizer(texts, tmp / "tokenizer.model", p.vocab_size)
+            train_tokenizer(texts, tmp / TOKENIZER_FILES[SENTENCEPIECE], p.vocab_size)
             return {"vocab_size": p.vocab_size, "training_texts": len(texts)}
 
     manifest = publish(out, write, params=p.model_dump(mode="json"))
@@ -160,13 +164,15 @@ def tokenizer(storage: StorageResource, params: ParamsResource) -> dg.Materializ
     sample = "def solve(n):\n    return sum(range(n + 1))\n"
     ids = tok.encode(sample)
     preview = (
-        f"{'given' if p.path else 'trained'} tokenizer, {tok.vocab_size} pieces, SHA256 `{tok.sha256}`\n\n"
-        f"bos {tok.bos_id}, eos {tok.eos_id}; `{sample.strip()!r}` -> {len(ids)} tokens:\n\n"
-        + markdown_table([{"id": i, "piece": tok.sp.id_to_piece(i)} for i in ids[:24]])
+        f"{'given' if p.path else 'trained'} {tok.kind} tokenizer `{tok.path.name}`, {tok.vocab_size} pieces, "
+        f"SHA256 `{tok.sha256}`\n\n"
+        f"bos {tok.bos_id}, eos {tok.eos_id}, pad {tok.pad_id}; `{sample.strip()!r}` -> {len(ids)} tokens:\n\n"
+        + markdown_table([{"id": i, "piece": tok.id_to_piece(i)} for i in ids[:24]])
     )
     meta = asset_metadata(out, manifest, preview=preview)
     meta["sha256"] = tok.sha256
     meta["vocab_size"] = tok.vocab_size
+    meta["kind"] = tok.kind
     return materialized(meta)
 
 
@@ -178,7 +184,7 @@ def tokenizer_matches_params(storage: StorageResource, params: ParamsResource) -
     directory = storage.asset_dir(GROUP, "tokenizer")
     manifest = read_manifest(directory)
     try:
-        tok = Tokenizer.from_directory(directory)  # checks the file against the manifest's SHA256
+        tok = Tokenizer.from_directory(directory)  # checks the file's identity against the manifest's SHA256
     except TokenizerError as e:
         return dg.AssetCheckResult(passed=False, metadata={"error": str(e)})
     problems = []
@@ -193,6 +199,7 @@ def tokenizer_matches_params(storage: StorageResource, params: ParamsResource) -
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
+            "kind": tok.kind,
             "vocab_size": tok.vocab_size,
             "sha256": tok.sha256,
             "problems": "; ".join(problems) or "none",

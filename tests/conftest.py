@@ -57,3 +57,48 @@ def llama2_tokenizer(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def mbpp_jsonl(shared_data: Path) -> Path:
     return shared_data / "mbpp" / "mbpp.jsonl"
+
+
+def write_gguf_tokenizer(path: Path, **replace) -> Path:
+    """A GGUF file with tokenizer metadata and no tensors, written by the `gguf` package.
+
+    By default a tiny SmolLM2-like byte-level BPE: three control tokens (ids 0-2, EOS and padding 2, no BOS added),
+    the 256 byte pieces and a few merges, so every non-ASCII character spans several tokens. A keyword replaces
+    `tokenizer.ggml.<keyword>`, or leaves it out when None.
+    """
+    import gguf
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = ["Ġ t", "d e", "de f", "Ġ Ġ", "ĠĠ ĠĠ", "Ġ r", "Ġr e", "Ġre t"]
+    tokens = specials + sorted(ByteLevel.alphabet()) + [m.replace(" ", "") for m in merges]
+    metadata = {
+        "model": "gpt2",
+        "pre": "smollm",
+        "tokens": tokens,
+        "token_type": [3] * len(specials) + [1] * (len(tokens) - len(specials)),
+        "merges": merges,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "unknown_token_id": 0,
+        "padding_token_id": 2,
+        "add_bos_token": False,
+        **replace,
+    }
+    writer = gguf.GGUFWriter(path, arch="llama")
+    for name, value in metadata.items():
+        key = f"tokenizer.ggml.{name}"
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path

@@ -31,7 +31,13 @@ def test_committed_params_validate_and_write_out_every_section(repo_root):
         ("tokenizer: {path: t.model}\n", "tokenizer.sha256 must be set too"),
         ("tokenizer: {path: t.model, sha256: abc}\n", "tokenizer.sha256: expected 64 hexadecimal digits"),
         ("base_model: {source: meta}\n", "base_model.meta_dir must name the weights directory"),
-        ("reference_model: {source: gguf}\n", "reference_model.source: Input should be 'micro' or 'hf'"),
+        ("reference_model: {source: onnx}\n", "reference_model.source: Input should be 'micro', 'hf' or 'gguf'"),
+        ("reference_model: {source: gguf}\n", "reference_model.gguf_file must name the GGUF file"),
+        ("base_model: {source: gguf}\n", "base_model.gguf_file must name the GGUF file"),
+        (
+            "base_model: {source: gguf, gguf_file: m.gguf, n_future: 0}\n",
+            "base_model.n_future: Input should be greater than or equal to 1",
+        ),
         (
             "codecontests_raw: {splits: [dev]}\n",
             "codecontests_raw.splits.0: Input should be 'train', 'valid' or 'test'",
@@ -84,8 +90,8 @@ def test_every_path_key_resolves_against_params_yaml_not_the_working_directory(t
     (project / "params.yaml").write_text(
         "codecontests_raw: {path: data/cc}\n"
         "tokenizer: {path: ../models/tok.model, sha256: '" + "0" * 64 + "'}\n"
-        "base_model: {source: meta, meta_dir: weights/7B_1T_4}\n"
-        "reference_model: {source: hf, hf_dir: weights/ref}\n"
+        "base_model: {source: meta, meta_dir: weights/7B_1T_4, gguf_file: weights/policy.gguf}\n"
+        "reference_model: {source: hf, hf_dir: weights/ref, gguf_file: /abs/ref.gguf}\n"
         "mbpp_processed: {path: eval/mbpp.jsonl}\n"
         "humaneval_processed: {path: /abs/HumanEval.jsonl.gz}\n"
     )
@@ -97,7 +103,9 @@ def test_every_path_key_resolves_against_params_yaml_not_the_working_directory(t
         "codecontests_raw.path": params.codecontests_raw.path,
         "tokenizer.path": params.tokenizer.path,
         "base_model.meta_dir": params.base_model.meta_dir,
+        "base_model.gguf_file": params.base_model.gguf_file,
         "reference_model.hf_dir": params.reference_model.hf_dir,
+        "reference_model.gguf_file": params.reference_model.gguf_file,
         "mbpp_processed.path": params.mbpp_processed.path,
         "humaneval_processed.path": params.humaneval_processed.path,
     }
@@ -107,7 +115,9 @@ def test_every_path_key_resolves_against_params_yaml_not_the_working_directory(t
         "codecontests_raw.path": project / "data/cc",
         "tokenizer.path": tmp_path / "models/tok.model",
         "base_model.meta_dir": project / "weights/7B_1T_4",
+        "base_model.gguf_file": project / "weights/policy.gguf",
         "reference_model.hf_dir": project / "weights/ref",
+        "reference_model.gguf_file": Path("/abs/ref.gguf"),
         "mbpp_processed.path": project / "eval/mbpp.jsonl",
         "humaneval_processed.path": Path("/abs/HumanEval.jsonl.gz"),
     }

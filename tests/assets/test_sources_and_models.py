@@ -14,7 +14,7 @@ import torch
 
 from dagster_defs.resources import build_resources
 from tests.assets.conftest import FRAME_ASSETS, FRAME_CHECKS, materialize_frame
-from tests.conftest import LLAMA2_SHA256
+from tests.conftest import LLAMA2_SHA256, write_gguf_tokenizer
 from wmtp_core import model as wm
 from wmtp_core.data.codecontests_schema import SCHEMA
 from wmtp_core.data.demo import demo_tables
@@ -114,6 +114,26 @@ def test_given_llama2_tokenizer_is_verified_and_mismatched_models_fail_their_che
     for e in evaluations.values():
         assert not e.passed
         assert "vocab_size 1024 != tokenizer vocab_size 32000" in e.metadata["problems"].value
+
+
+def test_tokenizer_from_a_gguf_file_is_stored_as_its_canonical_tokenizer_json(tmp_path):
+    # Only the tokenizer asset and its check: a given tokenizer reads no raw rows, so nothing else is needed.
+    gguf_file = write_gguf_tokenizer(tmp_path / "tiny.gguf")
+    identity = Tokenizer(gguf_file).sha256
+    result = materialize_frame(
+        tmp_path, f"tokenizer: {{path: {gguf_file}, sha256: {identity}}}\n", selection=["tokenizer"]
+    )
+    assert result.success
+    stored = tmp_path / "storage/sources/tokenizer"
+    assert sorted(p.name for p in stored.iterdir()) == [MANIFEST, "tokenizer.json"]
+    assert sha256_file(stored / "tokenizer.json") == identity == Tokenizer.from_directory(stored).sha256
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        "tokenizer_matches_params": True
+    }
+    meta = result.asset_materializations_for_node("tokenizer")[0].metadata
+    assert meta["kind"].value == "bpe" and meta["sha256"].value == identity
+    assert "given bpe tokenizer `tokenizer.json`" in meta["preview"].value
+    assert "| def |" in meta["preview"].value  # pieces as the vocabulary writes them
 
 
 @pytest.mark.parametrize(

@@ -65,11 +65,13 @@ def test_external_inputs_are_the_paths_params_name_outside_storage(tmp_path):
     (tmp_path / "params.yaml").write_text(
         f"codecontests_raw: {{path: {tmp_path / 'cc'}}}\n"
         "base_model: {source: meta, meta_dir: weights/7B}\n"
+        "reference_model: {source: gguf, gguf_file: weights/smollm2.gguf}\n"
         f"mbpp_processed: {{path: {REPO / 'storage' / 'elsewhere.jsonl'}}}\n"
     )
     params = ParamsFile.read(tmp_path / "params.yaml")
     assert external_inputs("codecontests_raw", params) == [str(tmp_path / "cc")]
     assert external_inputs("base_model", params) == [str(tmp_path / "weights/7B")]
+    assert external_inputs("reference_model", params) == [str(tmp_path / "weights/smollm2.gguf")]
     assert external_inputs("mbpp_processed", params) == []  # inside storage/: an asset, tracked as such
     assert external_inputs("tokenizer", params) == []
     assert external_inputs(None, params) == []

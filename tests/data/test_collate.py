@@ -22,8 +22,8 @@ def test_masking_boundaries_eos_and_padding(llama2):
     assert set(batch) == {"input_ids", "labels", "attention_mask", "reward", "row_ids"}
     assert batch["reward"].tolist() == [1.0, 0.0] and batch["row_ids"].tolist() == [7, 3]
     for b, row in enumerate(ROWS):
-        prompt = [llama2.bos_id, *llama2.sp.encode(format_prompt(row["instruction"], row["input"]))]
-        response = [*llama2.sp.encode(row["output"]), llama2.eos_id]
+        prompt = [llama2.bos_id, *llama2.encode(format_prompt(row["instruction"], row["input"]))]
+        response = [*llama2.encode(row["output"]), llama2.eos_id]
         n = len(prompt) + len(response)
         ids, labels, mask = batch["input_ids"][b], batch["labels"][b], batch["attention_mask"][b]
         assert ids[:n].tolist() == prompt + response

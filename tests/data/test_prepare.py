@@ -46,7 +46,7 @@ def test_input_shows_at_most_two_public_tests(processed):
 def test_n_tokens_counts_the_exact_training_text(processed, llama2):
     for row in rows(processed[0], "train") + rows(processed[0], "valid"):
         text = format_prompt(row["instruction"], row["input"])
-        expected = 1 + len(llama2.sp.encode(text)) + len(llama2.sp.encode(row["output"])) + 1
+        expected = 1 + len(llama2.encode(text)) + len(llama2.encode(row["output"])) + 1
         assert row["n_tokens"] == expected, row["task_id"]
 
 

@@ -171,6 +171,7 @@ def test_compare_with_greedy_times_both_decoders_through_the_shared_timer(fake_d
                 "greedy_seconds": 0.75,
                 "speculative_seconds": 0.25,
                 "identical": True,
+                "completion": "",  # the fake decoders' text
             }
         ]
         * 2

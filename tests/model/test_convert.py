@@ -205,7 +205,7 @@ def test_cli_commands_have_help_and_run(tmp_path, llama2_tokenizer):
     # The same group `wmtp` registers them in; only this package's commands, so other packages cannot break it.
     cli = click.Group("wmtp", commands={c.name: c for c in commands})
     names = {c.name for c in commands}
-    assert names == {"convert-meta", "import-hf", "export-hf", "make-micro"}
+    assert names == {"convert-meta", "import-hf", "import-gguf", "export-hf", "make-micro"}
     for name in names:
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output and len(result.output) > 300, name

@@ -11,7 +11,7 @@ import click
 @click.argument("source_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--tokenizer", "tokenizer_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="SentencePiece model that counts n_tokens (e.g. Llama-2's tokenizer.model).")  # fmt: skip
+              help="Tokenizer that counts n_tokens (Llama-2's tokenizer.model, a .gguf, a stored tokenizer.json).")  # fmt: skip
 @click.option("--max-tokens", default=2048, show_default=True, help="Drop rows longer than this (counted in stats).")
 @click.option("--max-public-tests", default=2, show_default=True, help="Public tests shown in the prompt.")
 @click.option("--row-group-size", default=4096, show_default=True, help="Parquet row group size.")

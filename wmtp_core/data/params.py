@@ -33,12 +33,23 @@ class CodeContestsRawParams(Section):
 
 
 class TokenizerParams(Section):
-    """A given SentencePiece model checked by SHA256, or (path: null) one trained on the raw rows' text."""
+    """A given tokenizer checked by SHA256, or (path: null) a SentencePiece model trained on the raw rows.
+
+    A given file is a SentencePiece `.model`, a `.gguf` file whose byte-level BPE vocabulary is used (e.g.
+    SmolLM2's), or a tokenizer.json the `tokenizer` asset stored from one. `sha256` is the tokenizer's
+    identity (`wmtp_core.tokenizer.Tokenizer.sha256`): the file's SHA256 for SentencePiece, that of the
+    canonical tokenizer.json for byte-level BPE, so a GGUF file and the tokenizer.json stored from it share
+    one.
+    """
 
     path: ProjectPath | None = Field(
-        None, description="SentencePiece .model file; null = train one on codecontests_raw"
+        None,
+        description="SentencePiece .model, .gguf, or stored tokenizer.json; null = train one on the raw rows",
     )
-    sha256: str | None = Field(None, description="required with `path`: the file's expected SHA256")
+    sha256: str | None = Field(
+        None,
+        description="required with `path`: the tokenizer's SHA256 (for a .gguf, of its canonical tokenizer.json)",
+    )
     vocab_size: int = Field(
         1024, ge=260, description="pieces of a trained tokenizer (256 bytes + specials + merges)"
     )

@@ -1,7 +1,8 @@
 """The training prompt: one template shared by preparation (n_tokens) and collation (masking).
 
 Prompt and response are tokenized separately so the label mask falls exactly on the response boundary, and
-`n_tokens` written by preparation equals the length the collator builds: BOS + prompt + response + EOS.
+`n_tokens` written by preparation equals the length the collator builds: BOS + prompt + response + EOS (no BOS
+for a tokenizer whose model was trained without one; `Tokenizer.encode` decides, for both).
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def encode_example(tokenizer, instruction: str, examples: str, response: str) ->
 
 def encode_prompts(tokenizer, instructions: Sequence[str], examples: Sequence[str]) -> list[list[int]]:
     texts = [format_prompt(i, e) for i, e in zip(instructions, examples, strict=True)]
-    return [[tokenizer.bos_id, *ids] for ids in tokenizer.encode_batch(texts)]
+    return tokenizer.encode_batch(texts, bos=True)
 
 
 def encode_responses(tokenizer, responses: Sequence[str]) -> list[list[int]]:
-    return [[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(list(responses))]
+    return tokenizer.encode_batch(list(responses), eos=True)
 
 
 _SPACE = re.compile(r"\s+")

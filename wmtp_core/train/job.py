@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from wmtp_core.config import Params
 from wmtp_core.model.io import METADATA_FILE, read_args, read_metadata
 from wmtp_core.storage import MANIFEST, StorageError, read_manifest, sha256_file
-from wmtp_core.tokenizer import TOKENIZER_FILE
+from wmtp_core.tokenizer import TokenizerError, tokenizer_file
 from wmtp_core.train.data import sampled_rows
 from wmtp_core.train.layout import ASSET, GROUP, MODEL_SUBDIR, START_FROM, WEIGHTED, model_dir  # noqa: F401
 
@@ -117,7 +117,11 @@ def plan_job(
         "codecontests_index": _manifest_sha(index_dir, "codecontests_index"),
         "tokenizer": _manifest_sha(tokenizer_dir, "tokenizer"),
     }
-    tokenizer_sha = read_manifest(tokenizer_dir)["files"].get(TOKENIZER_FILE, {}).get("sha256")
+    try:
+        stored = tokenizer_file(tokenizer_dir)
+    except TokenizerError as e:
+        raise TrainJobError(f"tokenizer: {e}") from e
+    tokenizer_sha = read_manifest(tokenizer_dir)["files"][stored.name]["sha256"]
 
     group, start_asset = START_FROM[recipe]
     start_asset_dir = root / group / start_asset

