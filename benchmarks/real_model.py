@@ -41,7 +41,7 @@ from wmtp_core.train.fit_heads import code_prefixes, fit_extra_heads, greedy_cor
 def fitting_texts() -> list[str]:
     """MBPP's prompt, train and validation rows as commented code (the test split is an evaluation set)."""
     rows = [r for r in read_mbpp(BUNDLED_MBPP).to_pylist() if r["split"] != "test"]
-    return [f"# {r['text'].strip()}\n{r['code'].strip()}\n" for r in rows]
+    return [f"# {r['text'].strip()}\n{r['code'].replace(chr(13) + chr(10), chr(10)).strip()}\n" for r in rows]
 
 
 def main(argv: list[str] | None = None) -> dict:

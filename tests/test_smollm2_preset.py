@@ -36,6 +36,7 @@ SELECTION = [
     "codecontests_processed",
     "codecontests_index",
     "humaneval_processed",
+    "mbpp_processed",  # the check of codecontests_processed reads it
     "policy_baseline",
     "eval_policy_baseline_humaneval",
 ]
