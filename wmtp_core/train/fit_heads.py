@@ -64,17 +64,33 @@ def code_prefixes(
     return prefixes[:limit] if limit is not None else prefixes
 
 
+def padded_prompts(
+    texts: Sequence[str], tokenizer, *, multiple: int = 16, pad_text: str = "\n", limit: int | None = None, seed: int = 0
+) -> list[list[int]]:
+    """Prompts (right-stripped, as the evaluation encodes them) padded on the left with `pad_text` tokens to a
+    multiple of `multiple` tokens, so that many share a length and `greedy_corpus` decodes them in one batch (a
+    code file may well start with blank lines). Shuffled; the first `limit`."""
+    (pad,) = tokenizer.encode(pad_text)
+    prompts = []
+    for text in texts:
+        ids = tokenizer.encode(text.rstrip(), bos=True)
+        prompts.append([pad] * (-len(ids) % multiple) + ids)
+    random.Random(seed).shuffle(prompts)
+    return prompts[:limit] if limit is not None else prompts
+
+
 def greedy_corpus(
     model,
     tokenizer,
     prefixes: Sequence[Sequence[int]],
     new_tokens: int,
     *,
+    stop: Sequence[str] = (),
     batch_size: int = 32,
     progress: bool = True,
 ) -> list[Continuation]:
-    """Greedy continuations of `new_tokens` tokens (fewer where EOS ends one) of every prefix."""
-    params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
+    """Greedy continuations of `new_tokens` tokens (fewer where EOS or a `stop` string ends one) of every prefix."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, stop=tuple(stop))
     completions = generate_ids(
         model, tokenizer, prefixes, params, batch_size=batch_size, progress=progress, desc="greedy corpus"
     )
@@ -186,7 +202,7 @@ def fit_extra_heads(
                 report.steps += 1
                 report.tokens += int(ids.numel())
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(total_loss) / n_extra:.3f}")
+                bar.set_postfix(loss=f"{float(total_loss.detach()) / n_extra:.3f}")
             report.loss_per_head.append([s / max(1, c) for s, c in zip(loss_sum, count, strict=True)])
             report.accuracy_per_head.append([r / max(1, c) for r, c in zip(right, count, strict=True)])
     model.requires_grad_(False)
