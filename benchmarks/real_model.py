@@ -37,7 +37,7 @@ from wmtp_core.tasks import load_tasks
 from wmtp_core.tasks.humaneval import HUMANEVAL_STOP
 from wmtp_core.tasks.mbpp import BUNDLED_MBPP, read_mbpp
 from wmtp_core.tokenizer import Tokenizer
-from wmtp_core.train.fit_heads import fit_extra_heads, greedy_corpus, padded_prompts
+from wmtp_core.train.fit_heads import Continuation, fit_extra_heads, greedy_corpus, padded_prompts
 
 
 def fitting_prompts() -> list[str]:
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds of the speed-up")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--corpus-cache", type=Path, default=None,
+                    help="JSON file of the fitting continuations: read when it exists, else written after generating")
     ap.add_argument("--save", type=Path, default=None, help="write the model with fitted heads to this directory")
     args = ap.parse_args(argv)
     if args.threads:
@@ -85,8 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"imported {gguf_file.name}: {model.num_parameters():,} parameters in {import_seconds:.1f} s", flush=True)
 
     t0 = time.perf_counter()
-    prompts = padded_prompts(fitting_prompts(), tokenizer, limit=args.fit_prompts)
-    corpus = greedy_corpus(model, tokenizer, prompts, args.continuation_tokens, stop=HUMANEVAL_STOP)
+    if args.corpus_cache and args.corpus_cache.is_file():
+        corpus = [Continuation(**c) for c in json.loads(args.corpus_cache.read_text())]
+        print(f"fitting corpus read from {args.corpus_cache} (written by an earlier run)", flush=True)
+    else:
+        prompts = padded_prompts(fitting_prompts(), tokenizer, limit=args.fit_prompts)
+        corpus = greedy_corpus(model, tokenizer, prompts, args.continuation_tokens, stop=HUMANEVAL_STOP)
+        if args.corpus_cache:
+            args.corpus_cache.write_text(json.dumps([{"ids": c.ids, "start": c.start} for c in corpus]))
     corpus_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit = fit_extra_heads(model, corpus, epochs=args.epochs, lr=args.lr)
