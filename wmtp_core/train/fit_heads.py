@@ -53,17 +53,6 @@ class FitReport:
         }
 
 
-def code_prefixes(
-    texts: Sequence[str], tokenizer, length: int, *, limit: int | None = None, seed: int = 0
-) -> list[list[int]]:
-    """Prefixes of exactly `length` tokens, one per text long enough (shorter texts are skipped), shuffled."""
-    if length < 1:
-        raise ValueError(f"length: expected >= 1 tokens, got {length}")
-    prefixes = [ids[:length] for ids in (tokenizer.encode(t, bos=True) for t in texts) if len(ids) >= length]
-    random.Random(seed).shuffle(prefixes)
-    return prefixes[:limit] if limit is not None else prefixes
-
-
 def padded_prompts(
     texts: Sequence[str], tokenizer, *, multiple: int = 16, pad_text: str = "\n", limit: int | None = None, seed: int = 0
 ) -> list[list[int]]:
