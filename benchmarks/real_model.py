@@ -3,9 +3,10 @@ and self-speculative decoding against KV-cache greedy decoding once its extra he
 
 1. `wmtp_core.model.gguf.import_gguf` imports the file with 3 extra heads (copies of its last block) and the
    GGUF's byte-level BPE tokenizer is opened through `wmtp_core.tokenizer.Tokenizer`.
-2. The extra heads are fitted by self-distillation (`wmtp_core.train.fit_heads`): the model greedily continues
-   prefixes of MBPP's non-test rows (never HumanEval), heads 2..4 learn to predict those continuations; the
-   trunk and head 1 stay frozen, so greedy output is exactly the imported model's.
+2. The extra heads are fitted by self-distillation (`wmtp_core.train.fit_heads`): the model greedily completes
+   HumanEval-style prompts written from MBPP's rows (never HumanEval's), heads 2..4 learn to predict those
+   completions, and the epoch whose heads accept the most on held-out completions is kept. The trunk and head 1
+   stay frozen, so greedy output is exactly the imported model's.
 3. Every HumanEval prompt (right-stripped, as the evaluation encodes them) is decoded greedily and
    self-speculatively, once each, in alternating order (`wmtp_core.eval.timing.compare_with_greedy`): the greedy
    completions are judged in the sandbox (pass@1), both outputs are compared token for token, and tokens per
@@ -41,13 +42,12 @@ from wmtp_core.train.fit_heads import Continuation, fit_extra_heads, greedy_corp
 
 
 def fitting_prompts() -> list[str]:
-    """MBPP's prompt, train and validation rows (the test split is an evaluation set) written as HumanEval writes a
-    task: the reference solution's imports and signature, then the task text and its first test as a docstring.
-    The model's greedy completions of these are the text the heads are fitted on."""
+    """Every MBPP row written as HumanEval writes a task: the reference solution's imports and signature, then the
+    task text and its first test as a docstring. The model's greedy completions of these are the text the heads
+    are fitted on. MBPP's test rows are among them: the extra heads only decide how many tokens a forward pass
+    emits, never which (the output is identical to greedy, checked below), so no pass@k can learn from them."""
     prompts = []
     for row in read_mbpp(BUNDLED_MBPP).to_pylist():
-        if row["split"] == "test":
-            continue
         lines = row["code"].replace("\r\n", "\n").split("\n")
         signature = next((i for i, line in enumerate(lines) if re.match(r"def \w+\(.*\)\s*:\s*$", line)), None)
         if signature is None:
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds of the speed-up")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--held-out", type=float, default=0.05,
+                    help="fraction of the fitting completions held out to choose the epoch whose heads are kept")
     ap.add_argument("--corpus-cache", type=Path, default=None,
-                    help="JSON file of the fitting continuations: read when it exists, else written after generating")
+                    help="JSON file of fitting completions: those of prompts it holds are reused, new ones added")
     ap.add_argument("--save", type=Path, default=None, help="write the model with fitted heads to this directory")
     args = ap.parse_args(argv)
     if args.threads:
@@ -87,17 +89,21 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"imported {gguf_file.name}: {model.num_parameters():,} parameters in {import_seconds:.1f} s", flush=True)
 
     t0 = time.perf_counter()
+    prompts = padded_prompts(fitting_prompts(), tokenizer, limit=args.fit_prompts)
+    cached: dict[tuple[int, ...], Continuation] = {}
     if args.corpus_cache and args.corpus_cache.is_file():
-        corpus = [Continuation(**c) for c in json.loads(args.corpus_cache.read_text())]
-        print(f"fitting corpus read from {args.corpus_cache} (written by an earlier run)", flush=True)
-    else:
-        prompts = padded_prompts(fitting_prompts(), tokenizer, limit=args.fit_prompts)
-        corpus = greedy_corpus(model, tokenizer, prompts, args.continuation_tokens, stop=HUMANEVAL_STOP)
-        if args.corpus_cache:
-            args.corpus_cache.write_text(json.dumps([{"ids": c.ids, "start": c.start} for c in corpus]))
+        for c in json.loads(args.corpus_cache.read_text()):
+            cached[tuple(c["ids"][: c["start"]])] = Continuation(**c)
+    todo = [p for p in prompts if tuple(p) not in cached]
+    print(f"fitting corpus: {len(prompts) - len(todo)} of {len(prompts)} prompts' completions cached", flush=True)
+    for c in greedy_corpus(model, tokenizer, todo, args.continuation_tokens, stop=HUMANEVAL_STOP):
+        cached[tuple(c.ids[: c.start])] = c
+    corpus = [cached[tuple(p)] for p in prompts if tuple(p) in cached]
+    if args.corpus_cache and todo:
+        args.corpus_cache.write_text(json.dumps([{"ids": c.ids, "start": c.start} for c in cached.values()]))
     corpus_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fit = fit_extra_heads(model, corpus, epochs=args.epochs, lr=args.lr)
+    fit = fit_extra_heads(model, corpus, epochs=args.epochs, lr=args.lr, held_out=args.held_out)
     fit_seconds = time.perf_counter() - t0
     print(f"fitted heads 2..4 on {len(corpus)} continuations: {json.dumps(fit.as_dict())}", flush=True)
     if args.save:
@@ -139,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speculative_tokens_per_s": every["speculative_tokens_per_s"],
         "speedup_all_prompts_one_round": every["speedup_median"],
         "tokens_generated": every["tokens"],
-        "fit": {**fit.as_dict(), "continuations": len(corpus), "lr": args.lr, "epochs": args.epochs},
+        "fit": {**fit.as_dict(), "continuations": len(corpus), "lr": args.lr, "epochs": args.epochs,
+                "held_out_fraction": args.held_out},
         "seconds": {
             "import": import_seconds,
             "fit_corpus": corpus_seconds,

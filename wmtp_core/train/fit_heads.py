@@ -17,6 +17,7 @@ is exactly the imported model's, while speculative decoding gets faster.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ class FitReport:
     tokens: int = 0
     loss_per_head: list[list[float]] = field(default_factory=list)  # [epoch][head k - 2]
     accuracy_per_head: list[list[float]] = field(default_factory=list)  # top-1 agreement with the target
+    held_out: list[dict] = field(default_factory=list)  # [epoch] `held_out_acceptance` on the held-out rows
+    best_epoch: int | None = None  # 1-based epoch whose heads were kept (None: no held-out rows, the last)
 
     def as_dict(self) -> dict:
         return {
@@ -50,6 +53,8 @@ class FitReport:
             "tokens": self.tokens,
             "loss_per_head": self.loss_per_head,
             "accuracy_per_head": self.accuracy_per_head,
+            "held_out": self.held_out,
+            "best_epoch": self.best_epoch,
         }
 
 
@@ -59,7 +64,10 @@ def padded_prompts(
     """Prompts (right-stripped, as the evaluation encodes them) padded on the left with `pad_text` tokens to a
     multiple of `multiple` tokens, so that many share a length and `greedy_corpus` decodes them in one batch (a
     code file may well start with blank lines). Shuffled; the first `limit`."""
-    (pad,) = tokenizer.encode(pad_text)
+    pad_ids = tokenizer.encode(pad_text)
+    if len(pad_ids) != 1:
+        raise ValueError(f"pad_text: {pad_text!r} encodes to {len(pad_ids)} tokens {pad_ids}; expected one token")
+    (pad,) = pad_ids
     prompts = []
     for text in texts:
         ids = tokenizer.encode(text.rstrip(), bos=True)
@@ -98,14 +106,63 @@ def _extra_head_parameters(model) -> list[torch.nn.Parameter]:
     return list(model.extra_heads.parameters())
 
 
-def _batches(items: list[Continuation], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Indices grouped by sequence length (no padding: rows of a batch are equally long), batches shuffled."""
+def _by_length(items: Sequence[Continuation], batch_size: int) -> list[list[int]]:
+    """Indices grouped by sequence length into batches (no padding: rows of a batch are equally long)."""
     by_length: dict[int, list[int]] = {}
     for i, c in enumerate(items):
         by_length.setdefault(len(c.ids), []).append(i)
-    batches = [group[j : j + batch_size] for group in by_length.values() for j in range(0, len(group), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    return [group[j : j + batch_size] for group in by_length.values() for j in range(0, len(group), batch_size)]
+
+
+@torch.no_grad()
+def _trunk_states(model, items: Sequence[Continuation], batch_size: int, progress: bool) -> list[torch.Tensor]:
+    """The frozen trunk's output for every sequence, computed once, a batch of equal lengths at a time."""
+    device = next(model.parameters()).device
+    out: list[torch.Tensor | None] = [None] * len(items)
+    batches = _by_length(items, batch_size)
+    for batch in tqdm(batches, desc="trunk states", unit="batch", disable=not progress):
+        h = model.trunk(torch.tensor([items[i].ids for i in batch], device=device))
+        for row, i in enumerate(batch):
+            out[i] = h[row]
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def held_out_acceptance(model, items: Sequence[Continuation], states: Sequence[torch.Tensor]) -> dict:
+    """What speculative decoding would accept on `items`, from their trunk states: at every position t from which
+    a generated token is drafted, head k proposes the argmax over the whole vocabulary for token t+k, and the
+    proposal counts only while heads 2..k-1 were right as well (a rejected draft ends the pass).
+
+    Returns `tokens_per_forward` (1 + the mean accepted chain: the greedy token every pass emits plus the accepted
+    drafts, ignoring the end of a sequence) and `accuracy_per_head` (head k alone, top-1 against token t+k).
+    """
+    n_extra = model.n_future - 1
+    chain_sum, positions = 0, 0
+    right, count = [0] * n_extra, [0] * n_extra
+    for c, h in zip(items, states, strict=True):
+        ids = torch.tensor(c.ids, device=h.device)
+        first, length = max(0, c.start - 1), len(c.ids)
+        if length - 1 <= first:
+            continue
+        alive = torch.ones(length - 1 - first, dtype=torch.bool, device=h.device)
+        chain = torch.zeros_like(alive, dtype=torch.long)
+        for k in range(2, model.n_future + 1):
+            guess = model.unembed(model.head(h[None], k))[0, first : length - 1].argmax(-1)
+            target = torch.full_like(guess, -1)
+            target[: max(0, length - first - k)] = ids[first + k :]
+            ok = guess == target
+            valid = target >= 0
+            right[k - 2] += int((ok & valid).sum())
+            count[k - 2] += int(valid.sum())
+            alive &= ok
+            chain += alive.long()
+        chain_sum += int(chain.sum())
+        positions += len(chain)
+    return {
+        "positions": positions,
+        "tokens_per_forward": 1.0 + chain_sum / max(1, positions),
+        "accuracy_per_head": [r / max(1, n) for r, n in zip(right, count, strict=True)],
+    }
 
 
 def fit_extra_heads(
@@ -117,6 +174,7 @@ def fit_extra_heads(
     batch_size: int = 8,
     weight_decay: float = 0.0,
     corpus_vocab: bool = True,
+    held_out: float = 0.0,
     seed: int = 0,
     progress: bool = True,
 ) -> FitReport:
@@ -126,7 +184,15 @@ def fit_extra_heads(
     `corpus_vocab`, the softmax of the loss runs over the tokens the corpus holds (a few thousand of a 49152-piece
     vocabulary): the unembedding is most of a head's cost, and the rest of the vocabulary never appears as a
     target, so fitting runs several times faster. Decoding still takes the argmax over the whole vocabulary.
+
+    With `held_out` > 0 that fraction of the continuations (drawn with `seed`) is not trained on: after every
+    epoch `held_out_acceptance` measures them, and the heads of the epoch with the most tokens per forward are
+    the ones kept, since a small corpus is over-fitted within a few epochs.
     """
+    if not 0.0 <= held_out < 1.0:
+        raise ValueError(f"held_out: expected a fraction in [0, 1), got {held_out}")
+    if epochs < 1:
+        raise ValueError(f"epochs: expected >= 1, got {epochs}")
     items = [c for c in corpus if len(c.ids) - c.start >= 1]
     if not items:
         raise ValueError("corpus: no continuation holds a generated token to fit")
@@ -134,12 +200,20 @@ def fit_extra_heads(
     model.eval()  # no dropout anywhere; eval() only documents that the frozen parts are inference-only
     rng = random.Random(seed)
     device = next(model.parameters()).device
-    with torch.no_grad():
-        trunk_out = [
-            model.trunk(torch.tensor([c.ids], device=device))[0]
-            for c in tqdm(items, desc="trunk states", disable=not progress)
-        ]
-    plan = [_batches(items, batch_size, rng) for _ in range(epochs)]
+    states = _trunk_states(model, items, batch_size, progress)
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    n_held = int(len(items) * held_out)
+    if held_out > 0 and (n_held < 1 or n_held == len(items)):
+        raise ValueError(f"held_out: {held_out} of {len(items)} continuations leaves no held-out or no training row")
+    held, train = sorted(order[:n_held]), sorted(order[n_held:])
+    held_items, held_states = [items[i] for i in held], [states[i] for i in held]
+    items, trunk_out = [items[i] for i in train], [states[i] for i in train]
+    plan = []
+    for _ in range(epochs):
+        batches = _by_length(items, batch_size)
+        rng.shuffle(batches)
+        plan.append(batches)
     total = sum(len(p) for p in plan)
     warmup = max(1, total // 20)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
@@ -158,8 +232,9 @@ def fit_extra_heads(
         weight = model.output.weight[used]
         remap = torch.full((model.args.vocab_size,), -1, dtype=torch.long, device=device)
         remap[used] = torch.arange(len(used), device=device)
+    best: tuple[float, dict] | None = None
     with tqdm(total=total, desc="fitting heads", unit="step", disable=not progress) as bar:
-        for epoch_batches in plan:
+        for epoch, epoch_batches in enumerate(plan, start=1):
             loss_sum, right, count = [0.0] * n_extra, [0] * n_extra, [0] * n_extra
             for batch in epoch_batches:
                 h = torch.stack([trunk_out[i] for i in batch])
@@ -194,5 +269,17 @@ def fit_extra_heads(
                 bar.set_postfix(loss=f"{float(total_loss.detach()) / n_extra:.3f}")
             report.loss_per_head.append([s / max(1, c) for s, c in zip(loss_sum, count, strict=True)])
             report.accuracy_per_head.append([r / max(1, c) for r, c in zip(right, count, strict=True)])
+            if held_items:
+                measured = held_out_acceptance(model, held_items, held_states)
+                report.held_out.append(measured)
+                bar.write(
+                    f"epoch {epoch}: held-out tokens per forward {measured['tokens_per_forward']:.3f}, "
+                    f"head accuracy {', '.join(f'{a:.1%}' for a in measured['accuracy_per_head'])}"
+                )
+                if best is None or measured["tokens_per_forward"] > best[0]:
+                    best = (measured["tokens_per_forward"], copy.deepcopy(model.extra_heads.state_dict()))
+                    report.best_epoch = epoch
+    if best is not None:
+        model.extra_heads.load_state_dict(best[1])
     model.requires_grad_(False)
     return report
