@@ -1,9 +1,10 @@
 """Batched sampling and greedy decoding with the model's positional KV cache.
 
-The cache has one write position for the whole batch, so a batch only holds rows whose prompts have the same
-token length: the n samples of one task always qualify (their prompt is prefilled once and shared), and
-prompts of equal length are grouped. No padding token ever enters attention, so a row decodes exactly as it
-would alone, and finished rows leave the batch instead of being decoded on.
+The cache has one write position for the whole batch, so prompts of different lengths are padded on the left
+to the longest of their batch, and the padding is masked out of attention (`KVCache.pad`): with RoPE's relative
+positions a padded row attends exactly as it would alone, and only the float rounding of a larger matmul can
+differ. Rows are sorted by prompt length before they are batched, so little padding is computed; the n samples
+of one prompt share its prefill, and finished rows leave the batch instead of being decoded on.
 
 Only the last position is unembedded during prefill: a 32k vocabulary over a 600-token prompt for 200 rows
 would otherwise need gigabytes of logits.
@@ -154,6 +155,8 @@ def _select_rows(cache, rows: torch.Tensor, upto: int) -> None:
     of the cache for a batch of B, so finished rows can be dropped and one prompt's prefill shared by its samples."""
     for t in (*cache.keys, *cache.values):
         t[: len(rows), :, :upto] = t[rows, :, :upto]
+    if cache.pad is not None:
+        cache.pad[: len(rows)] = cache.pad[rows]
 
 
 @torch.inference_mode()
@@ -164,12 +167,17 @@ def _decode_rows(
     criteria: list[StopCriteria],
     params: SamplingParams,
     generator: torch.Generator | None,
+    pad: torch.Tensor | None = None,
 ) -> list[Completion]:
-    """Decode len(owner) rows; row r continues prompts[owner[r]] (all prompts [U, T] share a length T) and stops
-    on criteria[r]. Each distinct prompt is prefilled once; finished rows leave the batch."""
-    n_rows, (_, prompt_len) = len(owner), prompts.shape
+    """Decode len(owner) rows; row r continues prompts[owner[r]] and stops on criteria[r]. prompts [U, T] are
+    left-padded to one length T where `pad` [U, T] is True. Each distinct prompt is prefilled once; finished rows
+    leave the batch."""
+    n_rows, (n_prompts, prompt_len) = len(owner), prompts.shape
     device = prompts.device
     cache = model.new_cache(n_rows, prompt_len + params.max_new_tokens, device=device)
+    if pad is not None and bool(pad.any()):
+        cache.pad = torch.zeros(cache.batch_size, cache.max_seq_len, dtype=torch.bool, device=device)
+        cache.pad[:n_prompts, :prompt_len] = pad
     h = model.head(model.trunk(prompts, start_pos=0, cache=cache), 1, start_pos=0, cache=cache)
     logits = model.unembed(h[:, -1])
     if owner != list(range(prompts.shape[0])):
@@ -214,8 +222,9 @@ def generate_ids(
     """`n` completions of each tokenized prompt. Returns one list of n Completions per prompt, in input order.
 
     Sampling is reproducible for the same prompts, n, batch_size and seed: every batch draws from its own
-    generator seeded by `params.seed` and the batch's first row. Rows are grouped by prompt length, then prompt,
-    then sample, so a batch of n <= batch_size samples usually holds one prompt's samples.
+    generator seeded by `params.seed` and the batch's first row. Rows are sorted by prompt length, then prompt,
+    then sample, and cut into batches of `batch_size` rows; prompts of different lengths in a batch are
+    left-padded (see the module docstring).
     """
     if n < 1:
         raise ValueError(f"n: expected >= 1 samples per prompt, got {n}")
@@ -229,7 +238,7 @@ def generate_ids(
     rows = sorted(((len(p), i, s) for i, p in enumerate(prompts) for s in range(n)))
     batches: list[list[tuple[int, int, int]]] = []
     for row in rows:
-        if batches and batches[-1][0][0] == row[0] and len(batches[-1]) < batch_size:
+        if batches and len(batches[-1]) < batch_size:
             batches[-1].append(row)
         else:
             batches.append([row])
@@ -243,7 +252,13 @@ def generate_ids(
                 # A tuple of ints hashes the same in every process (only str hashing is salted).
                 generator.manual_seed(hash((params.seed, first_prompt, first_sample)) & 0x7FFF_FFFF_FFFF_FFFF)
             distinct = list(dict.fromkeys(i for _, i, _ in batch))
-            unique = torch.tensor([list(prompts[i]) for i in distinct], dtype=torch.long, device=device)
+            width = max(len(prompts[i]) for i in distinct)
+            unique = torch.tensor(
+                [[0] * (width - len(prompts[i])) + list(prompts[i]) for i in distinct], dtype=torch.long, device=device
+            )
+            pad = torch.tensor(
+                [[True] * (width - len(prompts[i])) + [False] * len(prompts[i]) for i in distinct], device=device
+            )
             owner = [distinct.index(i) for _, i, _ in batch]
             criteria = [
                 StopCriteria(
@@ -251,7 +266,7 @@ def generate_ids(
                 )
                 for _, i, _ in batch
             ]
-            completions = _decode_rows(model, unique, owner, criteria, params, generator)
+            completions = _decode_rows(model, unique, owner, criteria, params, generator, pad)
             for (_, i, s), completion in zip(batch, completions, strict=True):
                 out[i][s] = completion
             bar.update(len(batch))

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from wmtp_core.model.args import ModelArgs
 
-
 # Up to this many rows, inference on the CPU multiplies as (W @ x^T)^T; see `linear`.
 SMALL_ROWS = 16
 
@@ -82,10 +81,15 @@ class KVCache:
 
     Positional: a call with start_pos=p overwrites positions p..p+T-1 and attends to 0..p+T-1, so dropping
     rejected speculative tokens is just calling again with a smaller start_pos.
+
+    `pad` [B, S] (bool, optional) marks positions that hold left padding: no query attends to them (a padding
+    query attends to itself alone, so it stays finite). Prompts of different lengths then share a batch; RoPE
+    scores depend on relative positions only, so a left-padded row attends as it would unpadded.
     """
 
     keys: list[Tensor]
     values: list[Tensor]
+    pad: Tensor | None = None
 
     @property
     def max_seq_len(self) -> int:
@@ -108,7 +112,12 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
 
     def forward(
-        self, x: Tensor, freqs_cis: Tensor, start_pos: int = 0, kv: tuple[Tensor, Tensor] | None = None
+        self,
+        x: Tensor,
+        freqs_cis: Tensor,
+        start_pos: int = 0,
+        kv: tuple[Tensor, Tensor] | None = None,
+        pad: Tensor | None = None,
     ) -> Tensor:
         bsz, seqlen, _ = x.shape
         q = apply_rotary_emb(linear(self.wq, x).view(bsz, seqlen, self.n_heads, self.head_dim), freqs_cis)
@@ -126,6 +135,12 @@ class Attention(nn.Module):
             if start_pos > 0 and seqlen > 1:
                 # is_causal aligns the triangle top-left; with cached keys in front it must be shifted by start_pos.
                 mask = torch.ones(seqlen, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+                causal = False
+            if pad is not None:
+                # Keys of left padding masked; the diagonal kept so a padding query has one key and stays finite.
+                allowed = torch.ones(seqlen, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+                own = torch.arange(start_pos, end, device=x.device)[:, None] == torch.arange(end, device=x.device)
+                mask = (allowed & ~pad[:bsz, None, None, :end]) | own
                 causal = False
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
@@ -153,9 +168,14 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
     def forward(
-        self, x: Tensor, freqs_cis: Tensor, start_pos: int = 0, kv: tuple[Tensor, Tensor] | None = None
+        self,
+        x: Tensor,
+        freqs_cis: Tensor,
+        start_pos: int = 0,
+        kv: tuple[Tensor, Tensor] | None = None,
+        pad: Tensor | None = None,
     ) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), freqs_cis, start_pos, kv)
+        h = x + self.attention(self.attention_norm(x), freqs_cis, start_pos, kv, pad)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -200,7 +220,7 @@ class Transformer(nn.Module):
         freqs_cis = self._freqs(start_pos, seqlen, tokens.device)
         for i, layer in enumerate(self.layers[:-1]):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            h = layer(h, freqs_cis, start_pos, kv)
+            h = layer(h, freqs_cis, start_pos, kv, None if cache is None else cache.pad)
         return h
 
     def head(self, h_trunk: Tensor, k: int, start_pos: int = 0, cache: KVCache | None = None) -> Tensor:
@@ -214,7 +234,8 @@ class Transformer(nn.Module):
         block = self.layers[-1] if k == 1 else self.extra_heads[k - 2]
         slot = self.n_trunk_layers + k - 1
         kv = None if cache is None else (cache.keys[slot], cache.values[slot])
-        return block(h_trunk, self._freqs(start_pos, seqlen, h_trunk.device), start_pos, kv)
+        pad = None if cache is None else cache.pad
+        return block(h_trunk, self._freqs(start_pos, seqlen, h_trunk.device), start_pos, kv, pad)
 
     def unembed(self, h: Tensor) -> Tensor:
         """Shared final norm and output projection: [..., dim] -> logits [..., vocab]."""

@@ -5,11 +5,12 @@ which propose token t+1 where token t+k is wanted: nothing is accepted. Speculat
 proposal at position t when it equals what greedy decoding emits at t+k after greedy tokens t+1..t+k-1, so the
 heads are fitted on exactly that text (self-distillation, as Medusa does):
 
-1. `greedy_corpus`: the model greedily continues code prefixes of one token length, many in a batch (rows of one
-   length share their KV-cache batch, so generation runs at hundreds of tokens per second on a CPU);
+1. `greedy_corpus`: the model greedily completes prompts, many in a batch (`padded_prompts` gives them shared
+   lengths, so the batched KV-cache decoding computes no padding);
 2. `fit_extra_heads`: heads 2..n learn to predict those continuations (cross-entropy on token t+k at every
    position t whose targets were generated). The trunk runs once per sequence under no_grad and its output is kept,
-   so each later epoch costs only the head blocks and the shared unembedding.
+   so each later epoch costs only the head blocks and the shared unembedding. A held-out share of the
+   continuations measures what speculative decoding would accept after each epoch, and the best epoch is kept.
 
 Head 1, the trunk, the final norm and the unembedding stay frozen: greedy output, and so pass@k of greedy decoding,
 is exactly the imported model's, while speculative decoding gets faster.
