@@ -49,7 +49,7 @@ demo: setup $(PRESET_DEPS)
 	$(PRESET_ENV) $(BIN)/wmtp demo
 
 test: setup browser
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --dist loadscope
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder --durations=15
 
 lint: setup
 	$(BIN)/ruff check .

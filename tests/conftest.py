@@ -13,6 +13,34 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"  # ../shared/data/llama2-tokenizer
 
 
+# Modules by measured run time, longest first (`make test` prints the slowest tests). `make test` runs with
+# `--dist loadscope --no-loadscope-reorder`: each module goes whole to one of the 2 workers, in this order, so
+# the long ones start at once instead of last (xdist's default order is by number of tests, which put the
+# few-test, many-minute modules at the end of the run).
+LONGEST_FIRST = (
+    "tests/test_fresh_clone.py",
+    "tests/test_smollm2_preset.py",
+    "tests/train/test_training_assets.py",
+    "tests/train/test_multinode.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules in LONGEST_FIRST first, then those holding a slow test, then the rest, each in its own order."""
+
+    def rank(item) -> tuple[int, int]:
+        path = item.nodeid.split("::")[0]
+        if path in LONGEST_FIRST:
+            return (0, LONGEST_FIRST.index(path))
+        return (1 if item.get_closest_marker("slow") else 2, 0)  # a module with one slow test ranks as slow
+
+    modules: dict[str, tuple[int, int]] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        modules[path] = min(modules.get(path, (9, 0)), rank(item))
+    items.sort(key=lambda item: modules[item.nodeid.split("::")[0]])  # stable: a module's tests keep their order
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (for a rendezvous, a local server)."""
     with socket.socket() as s:
