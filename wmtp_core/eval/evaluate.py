@@ -118,7 +118,8 @@ def greedy_pass_at_1(
     sandbox=None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], pl.DataFrame]:
-    """One greedy completion per task (KV cache; prompts of one length share a batch), judged in the sandbox.
+    """One greedy completion per task (KV cache, prompts of different lengths in padded batches), judged in the
+    sandbox.
 
     Returns the `greedy` block of the metrics (pass_at_1, passed, n_tasks, tokens_generated, generation_seconds,
     finish_reasons) and one row per task."""
