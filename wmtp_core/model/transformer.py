@@ -132,16 +132,14 @@ class Attention(nn.Module):
             cache_k[:bsz, :, start_pos:end] = k
             cache_v[:bsz, :, start_pos:end] = v
             k, v = cache_k[:bsz, :, :end], cache_v[:bsz, :, :end]
-            if start_pos > 0 and seqlen > 1:
+            if pad is not None or (start_pos > 0 and seqlen > 1):
                 # is_causal aligns the triangle top-left; with cached keys in front it must be shifted by start_pos.
                 mask = torch.ones(seqlen, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
                 causal = False
             if pad is not None:
                 # Keys of left padding masked; the diagonal kept so a padding query has one key and stays finite.
-                allowed = torch.ones(seqlen, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
                 own = torch.arange(start_pos, end, device=x.device)[:, None] == torch.arange(end, device=x.device)
-                mask = (allowed & ~pad[:bsz, None, None, :end]) | own
-                causal = False
+                mask = (mask & ~pad[:bsz, None, None, :end]) | own
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
         )

@@ -148,7 +148,7 @@ def held_out_acceptance(model, items: Sequence[Continuation], states: Sequence[t
         alive = torch.ones(length - 1 - first, dtype=torch.bool, device=h.device)
         chain = torch.zeros_like(alive, dtype=torch.long)
         for k in range(2, model.n_future + 1):
-            guess = model.unembed(model.head(h[None], k))[0, first : length - 1].argmax(-1)
+            guess = model.unembed(model.head(h[None], k)[0, first : length - 1]).argmax(-1)  # drafting positions only
             target = torch.full_like(guess, -1)
             target[: max(0, length - first - k)] = ids[first + k :]
             ok = guess == target
