@@ -9,6 +9,7 @@ from wmtp_core.eval.generate import (
     FINISH_EOS,
     FINISH_LENGTH,
     FINISH_STOP,
+    NUCLEUS_CANDIDATES,
     Detokenizer,
     SamplingParams,
     StopCriteria,
@@ -26,6 +27,7 @@ from wmtp_core.tokenizer import Tokenizer
 def tokenizer(llama2_tokenizer) -> Tokenizer:
     return Tokenizer(llama2_tokenizer)
 
+
 @pytest.fixture(scope="module")
 def model(tokenizer) -> Transformer:
     args = ModelArgs(
@@ -42,6 +44,7 @@ def model(tokenizer) -> Transformer:
     m.init_weights(torch.Generator().manual_seed(0), std=0.3)
     return m
 
+
 def test_top_p_keeps_smallest_set_reaching_p():
     probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
     torch.testing.assert_close(top_p_filter(probs, 0.7), torch.tensor([[0.0, 0.625, 0.0, 0.375]]))
@@ -53,6 +56,25 @@ def test_top_p_keeps_smallest_set_reaching_p():
     # A tiny p still keeps the most probable token.
     torch.testing.assert_close(top_p_filter(probs, 1e-6), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
 
+
+def test_top_p_over_a_large_vocabulary_equals_a_full_sort():
+    """Rows whose nucleus lies within the NUCLEUS_CANDIDATES most probable tokens take the topk path, the others
+    the full sort; both give exactly what a full sort gives, in one batch."""
+    vocab = 4 * NUCLEUS_CANDIDATES
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
+    logits[0] *= 12.0  # peaked: a nucleus of a few tokens
+    logits[2, :5] += 20.0  # five tokens hold nearly all the mass
+    probs = torch.softmax(logits, dim=-1)  # row 1 stays flat: its nucleus is most of the vocabulary
+    for top_p in (0.5, 0.95):
+        ordered, order = torch.sort(probs, dim=-1, descending=True)
+        cut = ordered.masked_fill(torch.cumsum(ordered, dim=-1) - ordered >= top_p, 0.0)
+        expected = torch.zeros_like(probs).scatter(-1, order, cut)
+        expected = expected / expected.sum(dim=-1, keepdim=True)
+        assert torch.equal(top_p_filter(probs, top_p), expected)
+        assert (top_p_filter(probs[[0, 2]], top_p) > 0).sum(dim=-1).max() < NUCLEUS_CANDIDATES
+    assert (top_p_filter(probs[1:2], 0.95) > 0).sum() > NUCLEUS_CANDIDATES
+
+
 def test_sampling_draws_only_the_nucleus_in_proportion():
     probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
     logits = probs.log().expand(20000, 4)
@@ -61,15 +83,18 @@ def test_sampling_draws_only_the_nucleus_in_proportion():
     assert counts[0] == 0 and counts[2] == 0
     assert abs(counts[1].item() - 0.625) < 0.02 and abs(counts[3].item() - 0.375) < 0.02
 
+
 def test_temperature_zero_is_argmax():
     logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 0.0, 4.9]])
     assert sample_next(logits, 0.0, 1.0).tolist() == [1, 0]
+
 
 def test_detokenizer_keeps_leading_indentation(tokenizer):
     prompt = tokenizer.encode("def f(x):\n", bos=True)
     full = tokenizer.encode("def f(x):\n    return x", bos=True)
     assert full[: len(prompt)] == prompt
     assert Detokenizer(tokenizer, prompt).text(full[len(prompt) :]) == "    return x"
+
 
 def test_stop_criteria_eos_stop_and_length(tokenizer):
     prompt = tokenizer.encode("x = 1\n", bos=True)
@@ -85,6 +110,7 @@ def test_stop_criteria_eos_stop_and_length(tokenizer):
     short = StopCriteria(Detokenizer(tokenizer, prompt), tokenizer.eos_id, (), max_new_tokens=3)
     assert short.finish_reason(body[:3]) == FINISH_LENGTH
 
+
 def test_max_new_tokens_bounds_every_completion(model, tokenizer):
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=7, seed=3)
     out = generate(model, tokenizer, ["def f(a):\n", "import sys\n"], params, n=3, progress=False)
@@ -92,6 +118,7 @@ def test_max_new_tokens_bounds_every_completion(model, tokenizer):
     for c in (c for row in out for c in row):
         assert len(c.tokens) <= 7
         assert (c.finish_reason == FINISH_LENGTH) == (len(c.tokens) == 7 and c.tokens[-1] != tokenizer.eos_id)
+
 
 def test_stop_sequence_cuts_greedy_text_at_first_occurrence(model, tokenizer):
     prompt = ["def add(a, b):\n"]
@@ -109,6 +136,7 @@ def test_stop_sequence_cuts_greedy_text_at_first_occurrence(model, tokenizer):
     assert stop in Detokenizer(tokenizer, tokenizer.encode(prompt[0], bos=True)).text(cut.tokens)
     assert stop not in Detokenizer(tokenizer, tokenizer.encode(prompt[0], bos=True)).text(cut.tokens[:-1])
 
+
 def test_same_seed_same_samples_other_seed_other_samples(model, tokenizer):
     prompts = ["def f(a):\n", "class A:\n"]
     run = lambda seed: generate(  # noqa: E731
@@ -125,17 +153,21 @@ def test_same_seed_same_samples_other_seed_other_samples(model, tokenizer):
     # The samples of one prompt are not all alike (temperature 1).
     assert len({tuple(c.tokens) for c in first[0]}) > 1
 
+
 def test_batched_rows_decode_as_they_would_alone(model, tokenizer):
     # Prompts of 4 to 12 tokens share batches (left-padded, the padding masked); stop sequences make rows finish
     # at different steps, so finished rows leave the cache mid-way. Each row must still match decoding it alone.
     g = torch.Generator().manual_seed(1)
-    prompts = [[tokenizer.bos_id] + torch.randint(300, 20000, (n,), generator=g).tolist() for n in (9, 3, 11, 5, 9)]
+    prompts = [
+        [tokenizer.bos_id] + torch.randint(300, 20000, (n,), generator=g).tolist() for n in (9, 3, 11, 5, 9)
+    ]
     prompts.append(prompts[0][:6])
     params = SamplingParams(max_new_tokens=25, stop=("e", "a"))
     batched = generate_ids(model, tokenizer, prompts, params, batch_size=8, progress=False)
     alone = [generate_ids(model, tokenizer, [p], params, batch_size=1, progress=False)[0] for p in prompts]
     assert batched == alone
     assert len({len(row[0].tokens) for row in batched}) > 1
+
 
 def test_left_padded_rows_attend_as_unpadded(model):
     # The cache's pad mask: a row padded on the left gives the logits it gives alone, in prefill and decoding.
@@ -157,6 +189,7 @@ def test_left_padded_rows_attend_as_unpadded(model):
             torch.testing.assert_close(step[row], alone_step[0], atol=1e-5, rtol=1e-5)
     assert torch.isfinite(padded).all()
 
+
 def test_samples_of_one_prompt_share_its_prefill(model, tokenizer):
     # n rows of one prompt are prefilled once and copied; greedy rows must then all equal the single decode.
     params = SamplingParams(max_new_tokens=10)
@@ -164,9 +197,11 @@ def test_samples_of_one_prompt_share_its_prefill(model, tokenizer):
     one = generate(model, tokenizer, ["def g(x):\n"], params, n=1, progress=False)[0][0]
     assert all(c == one for c in many)
 
+
 def test_prompt_longer_than_context_is_refused(model, tokenizer):
     with pytest.raises(ValueError, match="max_seq_len 128"):
         generate_ids(model, tokenizer, [[1] * 100], SamplingParams(max_new_tokens=40), progress=False)
+
 
 def test_invalid_sampling_params_name_the_field():
     with pytest.raises(ValueError, match="top_p"):

@@ -54,6 +54,9 @@ class Completion:
     finish_reason: str
 
 
+NUCLEUS_CANDIDATES = 1024
+
+
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Nucleus filtering: keep the smallest set of most probable tokens whose mass reaches `top_p`, renormalize.
 
@@ -61,7 +64,13 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """
     if top_p >= 1.0:
         return probs
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    # A language model's nucleus is mostly a few dozen tokens: the NUCLEUS_CANDIDATES most probable, taken with
+    # topk, settle every row whose mass reaches top_p among them (the same tokens and values as a full sort);
+    # sorting a 49k vocabulary per row per step was 11 % of sampled decoding of SmolLM2 on 2 cores.
+    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    sorted_probs, order = torch.topk(probs, k, dim=-1)
+    if k < probs.shape[-1] and not bool((sorted_probs.sum(dim=-1) >= top_p).all()):
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
     kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
@@ -254,10 +263,13 @@ def generate_ids(
             distinct = list(dict.fromkeys(i for _, i, _ in batch))
             width = max(len(prompts[i]) for i in distinct)
             unique = torch.tensor(
-                [[0] * (width - len(prompts[i])) + list(prompts[i]) for i in distinct], dtype=torch.long, device=device
+                [[0] * (width - len(prompts[i])) + list(prompts[i]) for i in distinct],
+                dtype=torch.long,
+                device=device,
             )
             pad = torch.tensor(
-                [[True] * (width - len(prompts[i])) + [False] * len(prompts[i]) for i in distinct], device=device
+                [[True] * (width - len(prompts[i])) + [False] * len(prompts[i]) for i in distinct],
+                device=device,
             )
             owner = [distinct.index(i) for _, i, _ in batch]
             criteria = [
