@@ -4,8 +4,9 @@ and self-speculative decoding against KV-cache greedy decoding once its extra he
 1. `wmtp_core.model.gguf.import_gguf` imports the file with 3 extra heads (copies of its last block) and the
    GGUF's byte-level BPE tokenizer is opened through `wmtp_core.tokenizer.Tokenizer`.
 2. The extra heads are fitted by self-distillation (`wmtp_core.train.fit_heads`): the model greedily completes
-   HumanEval-style prompts written from MBPP's rows (never HumanEval's), heads 2..4 learn to predict those
-   completions, and the epoch whose heads accept the most on held-out completions is kept. The trunk and head 1
+   HumanEval-style prompts written from MBPP's rows and from the standard library's documented functions (never
+   HumanEval's), heads 2..4 learn to predict those completions, and the epoch whose heads accept the most on
+   held-out completions (decoding replayed on them) is kept. The trunk and head 1
    stay frozen, so greedy output is exactly the imported model's.
 3. Every HumanEval prompt (right-stripped, as the evaluation encodes them) is decoded greedily and
    self-speculatively, once each, in alternating order (`wmtp_core.eval.timing.compare_with_greedy`): the greedy
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stdlib-prompts", type=int, default=None,
                     help="standard-library functions completed for fitting as well (default: all; 0 = none)")
     ap.add_argument("--continuation-tokens", type=int, default=128, help="greedy tokens at most after each")
-    ap.add_argument("--epochs", type=int, default=4, help="passes of head fitting over the continuations")
+    ap.add_argument("--epochs", type=int, default=8, help="passes of head fitting over the continuations")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of head fitting")
     ap.add_argument("--timed-prompts", type=int, default=10, help="prompts of the repeated timing")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds of the speed-up")
