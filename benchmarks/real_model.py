@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = load_tasks("humaneval", limit=args.limit)
     prompts = [encode_prompt(model, tokenizer, t.prompt, args.max_new_tokens)[0] for t in tasks]
     stops = [t.stop for t in tasks]
+    task_ids = [t.task_id for t in tasks]
     t0 = time.perf_counter()
     every, rows = compare_with_greedy(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, stops=stops,
                                       repeats=1, warmup=0, progress=True, desc="HumanEval greedy vs speculative")  # fmt: skip
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_max": timed["speedup_max"],
         "speedup_not_meaningful": timed["speedup_not_meaningful"],
         "timed_prompts": timed_n,
-        "timed_tasks": [list(tasks)[i].task_id for i in picked],
+        "timed_tasks": [task_ids[i] for i in picked],
         "timed_tokens_per_forward": timed["tokens_per_forward"],
         "repeats": timed["repeats"],
         "tokens_per_forward": every["tokens_per_forward"],
